@@ -1,0 +1,166 @@
+"""hpo-worker: run Optuna studies on a KeyDB/Redis group with one fenced writer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .spec import SpecError, load_spec
+
+DESCRIPTION = """\
+Optuna worker for hpo-cluster.
+
+All writes go to one master of the KeyDB group (the writer, chosen by epoch and
+fenced inside every write script); the other masters are standbys. Each distinct
+param set is evaluated once across the cluster (atomic claim by fingerprint).
+SIGTERM ends the trial in flight, requeues its params and exits 0; SIGINT
+finishes the trial first (a second SIGINT acts as SIGTERM).
+
+Store settings: --endpoints or HPO_KEYDB_ENDPOINTS (every master, host:port,
+comma-separated, inventory order); the password only from HPO_KEYDB_PASSWORD.
+"""
+
+EPILOG = """\
+examples:
+  hpo-worker validate study.yaml
+  HPO_KEYDB_ENDPOINTS=198.18.0.11:6379,198.18.0.12:6379 hpo-worker run study.yaml --processes 4
+  hpo-worker report --study demo
+
+exit codes: 0 done or stopped cleanly; 2 bad input (spec, endpoints, objective);
+3 no master reachable; 1 anything else."""
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("store")
+    g.add_argument("--endpoints", default=os.environ.get("HPO_KEYDB_ENDPOINTS"),
+                   help="every master, host:port comma-separated, inventory order (env HPO_KEYDB_ENDPOINTS)")
+    g.add_argument("--namespace", default=os.environ.get("HPO_NAMESPACE", "hpo"),
+                   help="key prefix in the store (env HPO_NAMESPACE, default hpo)")
+    p.add_argument("--log-level", default=os.environ.get("HPO_LOG_LEVEL", "INFO"),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO (env HPO_LOG_LEVEL)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="hpo-worker", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="run workers for one study until its budget or a stop",
+                         description="Run workers for the study in SPEC until its budget is reached or a "
+                                     "signal stops them. With --processes N, N worker processes are forked; "
+                                     "SIGTERM/SIGINT are forwarded to them; exit 0 when all stopped cleanly.")
+    run.add_argument("spec", metavar="SPEC.yaml")
+    run.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    run.add_argument("--code-dir", default=os.environ.get("HPO_CODE_DIR"),
+                     help="directory prepended to sys.path for the objective (env HPO_CODE_DIR)")
+    run.add_argument("--host-label", default=os.environ.get("HPO_HOST_LABEL"),
+                     help="name of this host in trials and reports (env HPO_HOST_LABEL, default the hostname)")
+
+    rep = sub.add_parser("report", parents=[common], help="per-host performance table of the studies in the store",
+                         description="Per study: the COMPLETE count, then per host the mean and median trial "
+                                     "duration and the trial count, fastest first; and how long the report took.")
+    rep.add_argument("--study", help="only this study (default: every study in the store)")
+
+    val = sub.add_parser("validate", parents=[common], help="check a study spec (and import its objective)",
+                         description="Check SPEC; exit 2 naming the file and field when it is invalid. "
+                                     "With --code-dir (or HPO_CODE_DIR) the objective is imported too.")
+    val.add_argument("spec", metavar="SPEC.yaml")
+    val.add_argument("--code-dir", default=os.environ.get("HPO_CODE_DIR"))
+    return parser
+
+
+def _store(args: argparse.Namespace):
+    from .store import Store, parse_endpoints
+
+    if not args.endpoints:
+        raise ValueError("no store given: set --endpoints or HPO_KEYDB_ENDPOINTS (host:port,host:port)")
+    return Store(parse_endpoints(args.endpoints), password=os.environ.get("HPO_KEYDB_PASSWORD") or None,
+                 namespace=args.namespace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "report":
+            return _report(args)
+        return _run(args)
+    except (SpecError, ValueError) as exc:
+        print(f"hpo-worker: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .runner import load_objective
+
+    spec = load_spec(args.spec)
+    spec.build_sampler()
+    msg = f"{args.spec}: ok: study {spec.name!r}, {len(spec.space)} params, sampler {spec.sampler['type']}"
+    if spec.sampler["type"] == "grid":
+        msg += f", {spec.grid_size()} grid points"
+    if args.code_dir:
+        try:
+            load_objective(spec.objective, args.code_dir)
+        except ValueError as exc:
+            raise SpecError(f"{args.spec}: {exc}") from None
+        msg += f", objective {spec.objective} imports"
+    print(msg)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import redis
+
+    from .report import render, run_report
+    from .store import NoWriter
+
+    store = _store(args)
+    try:
+        store.elect(wait=10)
+        reports, elapsed = run_report(store.writer, store.k_journal, args.study)
+    except NoWriter as exc:
+        print(f"hpo-worker: error: {exc}", file=sys.stderr)
+        return 3
+    except KeyError:
+        print(f"hpo-worker: error: --study: no study named {args.study!r} in the store", file=sys.stderr)
+        return 2
+    except redis.AuthenticationError as exc:
+        print(f"hpo-worker: error: store refused the password (HPO_KEYDB_PASSWORD): {exc}", file=sys.stderr)
+        return 2
+    print(render(reports, elapsed))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import Worker, default_host, load_objective, run_processes
+
+    spec = load_spec(args.spec)
+    if args.processes < 1:
+        raise ValueError(f"--processes: must be >= 1, got {args.processes}")
+    try:
+        objective = load_objective(spec.objective, args.code_dir)
+    except ValueError as exc:
+        raise SpecError(f"{args.spec}: {exc}") from None
+    _store(args)  # validate endpoints before forking
+    host = args.host_label or default_host()
+
+    def make() -> Worker:
+        return Worker(spec, _store(args), host, objective)
+
+    return run_processes(make, args.processes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

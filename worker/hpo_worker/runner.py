@@ -1,0 +1,499 @@
+"""The worker loop: ask, claim, evaluate, tell; heartbeats, reaping, signals, failover."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+import inspect
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable
+import uuid
+import importlib
+
+import optuna
+from optuna.distributions import distribution_to_json
+from optuna.storages import JournalStorage
+from optuna.trial import TrialState
+
+from .spec import StudySpec
+from .store import (REAPER_WORKER_ID, FencedJournalBackend, NoWriter, Store, WriterLost)
+
+log = logging.getLogger("hpo_worker")
+
+
+class StopNow(BaseException):
+    """Raised inside the objective by SIGTERM (or a second SIGINT)."""
+
+
+class WriterMoved(BaseException):
+    """Raised inside the objective when the writer master changed under it."""
+
+
+class ObjectiveError(ValueError):
+    pass
+
+
+def load_objective(ref: str, code_dir: str | None = None) -> Callable[..., Any]:
+    """'package.module:function' -> callable; errors name the objective field."""
+    if code_dir:
+        path = os.path.abspath(code_dir)
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    mod_name, _, fn_name = ref.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as exc:  # noqa: BLE001 - any import error is reported the same way
+        raise ObjectiveError(f"objective: cannot import module {mod_name!r}: {exc!r}"
+                             f" (is --code-dir / HPO_CODE_DIR set?)") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ObjectiveError(f"objective: {mod_name!r} has no function {fn_name!r}")
+    return fn
+
+
+def wants_trial(fn: Callable[..., Any]) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.name == "trial" for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2
+
+
+@dataclass
+class InFlight:
+    trial: optuna.Trial
+    trial_id: int
+    number: int
+    token: str
+    params: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    claimed: bool = False
+    values: list[float] | None = None
+    started: float = field(default_factory=time.time)
+
+
+def _now_iso() -> str:
+    return datetime.now(tz=timezone.utc).isoformat(timespec="microseconds")
+
+
+class Worker:
+    """One worker process for one study."""
+
+    def __init__(self, spec: StudySpec, store: Store, host: str, objective: Callable[..., Any]) -> None:
+        self.spec = spec
+        self.store = store
+        self.host = host
+        self.objective = objective
+        self.pass_trial = wants_trial(objective)
+        self.hb_ttl_ms = int(spec.heartbeat_ttl * 1000)
+        self.stop_event = threading.Event()      # stop as soon as possible (SIGTERM)
+        self.stop_after_trial = False            # first SIGINT
+        self.in_objective = False
+        self.writer_moved = False
+        self.inflight: InFlight | None = None
+        self.backend: FencedJournalBackend | None = None
+        self.study: optuna.Study | None = None
+        self.distributions = spec.distributions()
+        self.evaluations = 0
+        self._main_thread = threading.main_thread().ident
+        self._hb_thread: threading.Thread | None = None
+        self._hb_stop = threading.Event()
+        self._last_reap = 0.0
+
+    # ------------------------------------------------------------ signals
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGUSR1, self._on_writer_moved)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        log.warning("signal %s: stopping now, the trial in flight is ended and requeued",
+                    signal.Signals(signum).name)
+        self.stop_event.set()
+        if self.in_objective:
+            self.in_objective = False
+            raise StopNow()
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.stop_after_trial or self.stop_event.is_set():
+            self._on_sigterm(signum, frame)
+            return
+        log.warning("SIGINT: finishing the trial in flight, then exiting (SIGINT again to stop now)")
+        self.stop_after_trial = True
+
+    def _on_writer_moved(self, signum: int, frame: Any) -> None:
+        if self.in_objective and self.writer_moved:
+            self.in_objective = False
+            raise WriterMoved()
+
+    # ------------------------------------------------------------ view of the study
+    def build_view(self) -> None:
+        self.backend = FencedJournalBackend(self.store, self.hb_ttl_ms)
+        storage = JournalStorage(self.backend)
+        self.study = optuna.create_study(
+            storage=storage, study_name=self.spec.name, load_if_exists=True,
+            directions=list(self.spec.directions), sampler=self.spec.build_sampler())
+        # GridSampler calls study.stop() when the grid is used up; that is only allowed
+        # inside optimize(). We drive ask/tell ourselves and decide when to stop.
+        self.study._thread_local.in_optimize_loop = True
+        self.writer_moved = False
+
+    def connect(self) -> None:
+        self.store.elect(wait=float(os.environ.get("HPO_CONNECT_WAIT", "120")), stop=self.stop_event)
+        self.build_view()
+
+    # ------------------------------------------------------------ heartbeat thread
+    def _heartbeat_loop(self) -> None:
+        interval = self.spec.heartbeat_interval
+        n = 0
+        while not self._hb_stop.wait(interval):
+            n += 1
+            backend = self.backend
+            try:
+                if backend is not None and backend.generation == self.store.generation and backend.my_worker_ids:
+                    self.store.run("hb", [self.store.hb_key(w) for w in backend.my_worker_ids], [self.hb_ttl_ms])
+                newer = self.store.fence_stale_masters() if n % 2 == 0 else None
+                if newer:
+                    log.warning("a master with a newer writer record exists: %s", newer)
+                    self.store.elect(stop=self._hb_stop)
+            except WriterLost as exc:
+                log.warning("heartbeat: writer %s lost (%s); electing", self.store.record, exc)
+                try:
+                    self.store.elect(failed=self.store.writer_endpoint, wait=30, stop=self._hb_stop)
+                except NoWriter as exc2:
+                    log.error("heartbeat: %s", exc2)
+            except Exception:  # noqa: BLE001 - the heartbeat must survive anything
+                log.exception("heartbeat error")
+            if backend is not None and backend.generation != self.store.generation:
+                self.writer_moved = True
+                if self.in_objective:
+                    signal.pthread_kill(self._main_thread, signal.SIGUSR1)
+
+    # ------------------------------------------------------------ main loop
+    def run(self) -> int:
+        self.install_signal_handlers()
+        try:
+            self.connect()
+        except NoWriter as exc:
+            log.error("%s", exc)
+            return 0 if self.stop_event.is_set() else 3
+        self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="hpo-heartbeat", daemon=True)
+        self._hb_thread.start()
+        t0 = time.monotonic()
+        try:
+            while not self.stop_event.is_set() and not self.stop_after_trial:
+                if self.spec.timeout is not None and time.monotonic() - t0 >= self.spec.timeout:
+                    log.info("budget: timeout %ss reached", self.spec.timeout)
+                    break
+                try:
+                    if self.budget_reached():
+                        break
+                    self.reap_expired()
+                    self.one_trial()
+                except (*WriterLost, WriterMoved) as exc:
+                    self.recover(exc)
+        except NoWriter as exc:
+            log.error("%s", exc)
+            if not self.stop_event.is_set():
+                return 3
+        finally:
+            self._hb_stop.set()
+            self._drop_heartbeats()
+        log.info("worker stopped cleanly (%d evaluations)", self.evaluations)
+        return 0
+
+    def budget_reached(self) -> bool:
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if self.spec.n_trials is not None and len(trials) >= self.spec.n_trials:
+            log.info("budget: %d COMPLETE trials reached", self.spec.n_trials)
+            return True
+        if self.spec.sampler["type"] == "grid":
+            seen = {self.spec.fingerprint(t.params) for t in trials}
+            if len(seen) >= self.spec.grid_size():
+                log.info("grid: every one of its %d points is COMPLETE", len(seen))
+                return True
+        return False
+
+    def _suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        out = {}
+        for p in self.spec.space:
+            if p.kind == "int":
+                v = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            elif p.kind == "float":
+                v = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+            else:
+                v = trial.suggest_categorical(p.name, list(p.choices))
+            out[p.name] = p.canonical(v)
+        return out
+
+    def _attrs(self, inf: InFlight, **extra: Any) -> dict[str, Any]:
+        return {"host": self.host, "pid": os.getpid(), "token": inf.token, **extra}
+
+    def one_trial(self) -> None:
+        study = self.study
+        trial = study.ask()
+        inf = InFlight(trial=trial, trial_id=trial._trial_id, number=trial.number, token=uuid.uuid4().hex)
+        self.inflight = inf
+        inf.params = self._suggest(trial)
+        inf.fingerprint = self.spec.fingerprint(inf.params)
+        claim = json.dumps({"owner": inf.token, "state": "RUNNING", "trial": inf.number, "host": self.host})
+        other = self.store.run("claim", [self.store.claims_key(self.spec.name)], [inf.fingerprint, claim])
+        if other is not None:
+            c = json.loads(other)
+            if c.get("state") == "COMPLETE":
+                trial.set_user_attr("hpo", self._attrs(inf, reused_from=c["trial"], reused_host=c["host"]))
+                self.inflight = None
+                study.tell(trial, c["values"])
+            else:
+                trial.set_user_attr("hpo", self._attrs(inf, duplicate_of=c["trial"], duplicate_host=c["host"],
+                                                       duplicate_state="RUNNING"))
+                self.inflight = None
+                study.tell(trial, state=TrialState.PRUNED)
+                time.sleep(0.02)  # the other worker is busy with it; do not spin on the same draw
+            return
+        inf.claimed = True
+        trial.set_user_attr("hpo", self._attrs(inf))
+        if self.stop_event.is_set():
+            self.end_and_requeue(inf, "stopped before evaluating")
+            return
+        args = (dict(inf.params), trial) if self.pass_trial else (dict(inf.params),)
+        try:
+            self.in_objective = True
+            if self.writer_moved:
+                raise WriterMoved()
+            try:
+                result = self.objective(*args)
+            finally:
+                self.in_objective = False
+        except StopNow:
+            self.end_and_requeue(inf, "SIGTERM")
+            return
+        except WriterMoved:
+            raise
+        except optuna.TrialPruned:
+            self.evaluations += 1
+            self._release_claim(inf)
+            self.inflight = None
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        except Exception:  # noqa: BLE001 - the user's objective failed: FAIL, claim released
+            self.evaluations += 1
+            log.error("trial %d failed:\n%s", inf.number, traceback.format_exc())
+            self._release_claim(inf)
+            self.inflight = None
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        self.evaluations += 1
+        inf.values = [float(v) for v in (result if isinstance(result, (list, tuple)) else [result])]
+        done = json.dumps({"owner": inf.token, "state": "COMPLETE", "values": inf.values,
+                           "trial": inf.number, "host": self.host})
+        self.store.run("update_claim", [self.store.claims_key(self.spec.name)], [inf.fingerprint, inf.token, done])
+        try:
+            study.tell(trial, inf.values)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("trial %d was reaped while it ran; its value stays in the claim and is reused",
+                        inf.number)
+        self.store.wait_replicas()
+        self.inflight = None
+
+    def _release_claim(self, inf: InFlight) -> None:
+        self.store.run("update_claim", [self.store.claims_key(self.spec.name)], [inf.fingerprint, inf.token, ""])
+
+    # ------------------------------------------------------------ ending trials by hand
+    def _fail_log(self, trial_id: int) -> str:
+        return json.dumps({"op_code": 6, "worker_id": REAPER_WORKER_ID, "trial_id": trial_id,
+                           "state": int(TrialState.FAIL), "values": None, "datetime_complete": _now_iso()})
+
+    def _complete_log(self, trial_id: int, values: list[float]) -> str:
+        return json.dumps({"op_code": 6, "worker_id": REAPER_WORKER_ID, "trial_id": trial_id,
+                           "state": int(TrialState.COMPLETE), "values": values, "datetime_complete": _now_iso()})
+
+    def _requeue_log(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> str:
+        """A WAITING trial with fixed params: what Study.enqueue_trial writes."""
+        return json.dumps({"op_code": 4, "worker_id": REAPER_WORKER_ID, "study_id": self.study._study_id,
+                           "datetime_start": None, "state": int(TrialState.WAITING), "value": None,
+                           "values": None, "distributions": {}, "params": {}, "user_attrs": user_attrs,
+                           "system_attrs": {"fixed_params": params}, "intermediate_values": {}})
+
+    def _added_complete_log(self, inf: InFlight) -> str:
+        dists = {k: self.distributions[k] for k in inf.params}
+        return json.dumps({
+            "op_code": 4, "worker_id": REAPER_WORKER_ID, "study_id": self.study._study_id,
+            "datetime_start": datetime.fromtimestamp(inf.started, tz=timezone.utc).isoformat(timespec="microseconds"),
+            "datetime_complete": _now_iso(), "state": int(TrialState.COMPLETE), "value": None if len(inf.values) > 1 else inf.values[0],
+            "values": inf.values if len(inf.values) > 1 else None,
+            "distributions": {k: distribution_to_json(d) for k, d in dists.items()},
+            "params": {k: dists[k].to_internal_repr(v) for k, v in inf.params.items()},
+            "user_attrs": {"hpo": {"host": self.host, "pid": os.getpid(), "token": inf.token,
+                                   "recorded_after_failover_from": inf.number}},
+            "system_attrs": {}, "intermediate_values": {}})
+
+    def _marker(self, trial_id: int, owner: str) -> str:
+        return f"{self.store.ns}:ended:{self.spec.name}:{trial_id}:{owner}"
+
+    def end_and_requeue(self, inf: InFlight, why: str, trial_in_view: bool = True) -> None:
+        """FAIL the trial (if it is in the current view), requeue its params, release its claim: atomically."""
+        logs = []
+        if trial_in_view:
+            logs.append(self._fail_log(inf.trial_id))
+        if len(inf.params) == len(self.spec.space):
+            logs.append(self._requeue_log(inf.params, {"hpo_requeued_from": inf.number, "hpo_reason": why}))
+        fp = inf.fingerprint if inf.claimed else ""
+        self.store.run("end", [self.store.k_journal, self.store.claims_key(self.spec.name),
+                               self._marker(inf.trial_id, inf.token), ""],
+                       [fp, inf.token, "", *logs])
+        log.warning("trial %d ended (%s) and its params requeued", inf.number, why)
+        self.inflight = None
+
+    def reap_expired(self) -> int:
+        now = time.monotonic()
+        if now - self._last_reap < self.spec.heartbeat_interval:
+            return 0
+        self._last_reap = now
+        backend = self.backend
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        cands = [(t, backend.trial_owner.get(t._trial_id)) for t in running]
+        cands = [(t, o) for t, o in cands if o is not None and o not in backend.my_worker_ids]
+        if not cands:
+            return 0
+        pipe = self.store.writer.pipeline(transaction=False)
+        for _, owner in cands:
+            pipe.exists(self.store.hb_key(owner))
+        alive = pipe.execute()
+        reaped = 0
+        for (t, owner), is_alive in zip(cands, alive):
+            if is_alive:
+                continue
+            attrs = t.user_attrs.get("hpo", {})
+            params = t.system_attrs.get("fixed_params") or t.params
+            logs = [self._fail_log(t._trial_id)]
+            if len(params) == len(self.spec.space):
+                logs.append(self._requeue_log(params, {"hpo_requeued_from": t.number, "hpo_reason": "heartbeat expired"}))
+            fp = self.spec.fingerprint(params) if len(params) == len(self.spec.space) else ""
+            done = self.store.run("end", [self.store.k_journal, self.store.claims_key(self.spec.name),
+                                          self._marker(t._trial_id, attrs.get("token", owner)),
+                                          self.store.hb_key(owner)],
+                                  [fp, attrs.get("token", ""), "", *logs])
+            if done:
+                reaped += 1
+                log.warning("reaped trial %d of %s (heartbeat expired): FAIL, params requeued",
+                            t.number, attrs.get("host", "?"))
+        return reaped
+
+    # ------------------------------------------------------------ failover
+    def recover(self, exc: BaseException) -> None:
+        """The writer failed or moved: follow it, rebuild the view, settle the trial in flight."""
+        log.warning("writer problem (%s: %s); following the writer", type(exc).__name__, exc)
+        inf = self.inflight
+        gen = self.backend.generation if self.backend else -1
+        if self.store.generation == gen:
+            failed = self.store.writer_endpoint if not isinstance(exc, WriterMoved) else None
+            self.store.elect(failed=failed, wait=float(os.environ.get("HPO_FAILOVER_WAIT", "120")),
+                             stop=self.stop_event)
+        while True:
+            try:
+                self.build_view()
+                if inf is not None:
+                    self._settle_after_failover(inf)
+                self.inflight = None
+                return
+            except WriterLost as exc2:
+                log.warning("writer failed again during recovery (%s)", exc2)
+                self.store.elect(failed=self.store.writer_endpoint, wait=120, stop=self.stop_event)
+
+    def _settle_after_failover(self, inf: InFlight) -> None:
+        mine = None
+        try:
+            t = self.study._storage.get_trial(inf.trial_id)
+            if t.user_attrs.get("hpo", {}).get("token") == inf.token:
+                mine = t
+        except KeyError:
+            pass
+        claims = [self.store.k_journal, self.store.claims_key(self.spec.name), self._marker(inf.trial_id, inf.token), ""]
+        if inf.values is not None:
+            done = json.dumps({"owner": inf.token, "state": "COMPLETE", "values": inf.values,
+                               "trial": inf.number, "host": self.host})
+            if mine is not None and mine.state == TrialState.COMPLETE:
+                return
+            if mine is not None and mine.state == TrialState.RUNNING:
+                logs = [self._complete_log(inf.trial_id, inf.values)]
+            else:
+                logs = [self._added_complete_log(inf)]
+            self.store.run("end", claims, [inf.fingerprint, inf.token, done, *logs])
+            self.store.wait_replicas()
+            log.warning("trial %d: result recorded on the new writer", inf.number)
+            return
+        if mine is not None and mine.state != TrialState.RUNNING:
+            return
+        self.end_and_requeue(inf, "writer failover", trial_in_view=mine is not None)
+
+    def _drop_heartbeats(self) -> None:
+        b = self.backend
+        if b is None or not b.my_worker_ids:
+            return
+        try:
+            self.store.writer.delete(*[self.store.hb_key(w) for w in b.my_worker_ids])
+        except Exception:  # noqa: BLE001 - best effort; the keys expire anyway
+            pass
+
+
+def run_processes(make_worker: Callable[[], Worker], processes: int) -> int:
+    """Fork N children, each a Worker; forward SIGTERM/SIGINT; exit 0 if all stopped cleanly."""
+    if processes <= 1:
+        return make_worker().run()
+    children: list[int] = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only; it forwards once
+            code = 1
+            try:
+                code = make_worker().run()
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, frame: Any) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    worst = 0
+    for pid in children:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                status = 0
+                break
+            except InterruptedError:
+                continue
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            log.error("worker process %d exited with %d", pid, code)
+            worst = worst or (code if code > 0 else 1)
+    return worst
+
+
+def default_host() -> str:
+    return socket.gethostname()

@@ -1,0 +1,324 @@
+"""Study spec: one YAML file per study, validated before anything runs.
+
+Every error names the file and the field (dotted path), e.g.
+``study.yaml: space.lr.low: must be a number, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+import json
+import math
+from pathlib import Path
+import re
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+import yaml
+
+SAMPLERS = ("tpe", "nsga3", "grid", "random")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+OBJECTIVE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+GRID_MAX_POINTS = 10_000_000
+
+
+class SpecError(ValueError):
+    """A study spec is invalid; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # int | float | categorical
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def distribution(self) -> BaseDistribution:
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        if self.kind == "float":
+            return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+        return CategoricalDistribution(list(self.choices))
+
+    def grid_points(self) -> list[Any]:
+        """Discrete points of this axis, each computed from its index (no float drift)."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.kind == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        low, step, high = Decimal(repr(float(self.low))), Decimal(repr(float(self.step))), Decimal(repr(float(self.high)))
+        count = int((high - low) // step) + 1
+        return [float(low + step * i) for i in range(count)]
+
+    def canonical(self, value: Any) -> Any:
+        """The value snapped onto its grid, so equal points always print the same."""
+        if self.kind == "float" and self.step is not None:
+            low, step = Decimal(repr(float(self.low))), Decimal(repr(float(self.step)))
+            index = round((Decimal(repr(float(value))) - low) / step)
+            return float(low + step * index)
+        if self.kind == "float":
+            return float(value)
+        if self.kind == "int":
+            return int(value)
+        return value
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    path: str
+    name: str
+    directions: tuple[str, ...]
+    sampler: dict[str, Any]
+    space: tuple[Param, ...]
+    objective: str
+    n_trials: int | None = None
+    timeout: float | None = None
+    heartbeat_interval: float = 2.0
+    heartbeat_ttl: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.space]
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {p.name: p.distribution() for p in self.space}
+
+    def grid_space(self) -> dict[str, list[Any]]:
+        return {p.name: p.grid_points() for p in self.space}
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid_space().values())
+
+    def canonical_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        by_name = {p.name: p for p in self.space}
+        return {k: (by_name[k].canonical(v) if k in by_name else v) for k, v in params.items()}
+
+    def fingerprint(self, params: dict[str, Any]) -> str:
+        return params_fingerprint(self.canonical_params(params))
+
+    def build_sampler(self) -> optuna.samplers.BaseSampler:
+        s = dict(self.sampler)
+        kind = s.pop("type")
+        seed = s.pop("seed", None)
+        if kind == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=s.pop("multivariate", False), **s)
+        if kind == "nsga3":
+            return optuna.samplers.NSGAIIISampler(seed=seed, **s)
+        if kind == "grid":
+            return optuna.samplers.GridSampler(self.grid_space(), seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+def params_fingerprint(params: dict[str, Any]) -> str:
+    """Canonical text of a param set: sorted keys, floats by repr, ints kept apart from floats."""
+
+    def enc(v: Any) -> Any:
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            return v
+        if isinstance(v, int):
+            return {"i": str(v)}
+        if isinstance(v, float):
+            return {"f": repr(v)}
+        return {"o": repr(v)}
+
+    return json.dumps({k: enc(params[k]) for k in sorted(params)}, sort_keys=True, separators=(",", ":"))
+
+
+class _Checker:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, field_name: str, msg: str) -> SpecError:
+        return SpecError(f"{self.path}: {field_name}: {msg}")
+
+    def number(self, d: dict, key: str, where: str, *, required: bool = True, integer: bool = False,
+               positive: bool = False) -> Any:
+        if key not in d or d[key] is None:
+            if required:
+                raise self.fail(f"{where}.{key}", "is required")
+            return None
+        v = d[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.fail(f"{where}.{key}", f"must be a{'n integer' if integer else ' number'}, got {v!r}")
+        if integer and not isinstance(v, int):
+            raise self.fail(f"{where}.{key}", f"must be an integer, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise self.fail(f"{where}.{key}", f"must be finite, got {v!r}")
+        if positive and v <= 0:
+            raise self.fail(f"{where}.{key}", f"must be > 0, got {v!r}")
+        return v
+
+    def keys(self, d: dict, allowed: set[str], where: str) -> None:
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise self.fail(f"{where}.{unknown[0]}" if where else unknown[0],
+                            f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(data, path)
+
+
+def parse_spec(data: Any, path: str = "<spec>") -> StudySpec:
+    c = _Checker(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the spec must be a YAML mapping")
+    c.keys(data, {"name", "direction", "directions", "sampler", "space", "budget", "objective", "worker"}, "")
+
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise c.fail("name", f"required; letters, digits, '_', '.', '-' only, got {name!r}")
+
+    if "direction" in data and "directions" in data:
+        raise c.fail("directions", "give either direction or directions, not both")
+    raw_dirs = data.get("directions", data.get("direction", "minimize"))
+    dir_field = "directions" if "directions" in data else "direction"
+    if isinstance(raw_dirs, str):
+        raw_dirs = [raw_dirs]
+    if not isinstance(raw_dirs, list) or not raw_dirs:
+        raise c.fail(dir_field, "must be 'minimize', 'maximize' or a non-empty list of them")
+    for i, d in enumerate(raw_dirs):
+        if d not in ("minimize", "maximize"):
+            raise c.fail(f"{dir_field}[{i}]" if len(raw_dirs) > 1 else dir_field,
+                         f"must be 'minimize' or 'maximize', got {d!r}")
+
+    space = _parse_space(c, data.get("space"))
+    sampler = _parse_sampler(c, data.get("sampler", {"type": "tpe"}), space, len(raw_dirs))
+
+    objective = data.get("objective")
+    if not isinstance(objective, str) or not OBJECTIVE_RE.match(objective):
+        raise c.fail("objective", f"required, as 'package.module:function', got {objective!r}")
+
+    budget = data.get("budget", {}) or {}
+    if not isinstance(budget, dict):
+        raise c.fail("budget", "must be a mapping with n_trials and/or timeout")
+    c.keys(budget, {"n_trials", "timeout"}, "budget")
+    n_trials = c.number(budget, "n_trials", "budget", required=False, integer=True, positive=True)
+    timeout = c.number(budget, "timeout", "budget", required=False, positive=True)
+    if n_trials is None and timeout is None and sampler["type"] != "grid":
+        raise c.fail("budget", "needs n_trials and/or timeout (only a grid study may stop by itself)")
+
+    worker = data.get("worker", {}) or {}
+    if not isinstance(worker, dict):
+        raise c.fail("worker", "must be a mapping")
+    c.keys(worker, {"heartbeat_interval", "heartbeat_ttl"}, "worker")
+    hb_interval = c.number(worker, "heartbeat_interval", "worker", required=False, positive=True) or 2.0
+    hb_ttl = c.number(worker, "heartbeat_ttl", "worker", required=False, positive=True) or 5.0 * hb_interval
+    if hb_ttl < 2 * hb_interval:
+        raise c.fail("worker.heartbeat_ttl", f"must be at least twice heartbeat_interval ({2 * hb_interval}), got {hb_ttl}")
+
+    return StudySpec(path=path, name=name, directions=tuple(raw_dirs), sampler=sampler, space=space,
+                     objective=objective, n_trials=n_trials, timeout=timeout,
+                     heartbeat_interval=float(hb_interval), heartbeat_ttl=float(hb_ttl))
+
+
+def _parse_space(c: _Checker, raw: Any) -> tuple[Param, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise c.fail("space", "required: a mapping of parameter name to {type: int|float|categorical, ...}")
+    out = []
+    for pname, p in raw.items():
+        where = f"space.{pname}"
+        if not isinstance(pname, str) or not pname:
+            raise c.fail(where, "parameter names must be non-empty strings")
+        if not isinstance(p, dict):
+            raise c.fail(where, "must be a mapping with a type")
+        kind = p.get("type")
+        if kind == "categorical":
+            c.keys(p, {"type", "choices"}, where)
+            choices = p.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise c.fail(f"{where}.choices", "must be a non-empty list")
+            for i, ch in enumerate(choices):
+                if not (ch is None or isinstance(ch, (bool, int, float, str))):
+                    raise c.fail(f"{where}.choices[{i}]", f"must be a string, number, bool or null, got {ch!r}")
+            if len({json.dumps(ch) for ch in choices}) != len(choices):
+                raise c.fail(f"{where}.choices", "has duplicates")
+            out.append(Param(pname, "categorical", choices=tuple(choices)))
+            continue
+        if kind not in ("int", "float"):
+            raise c.fail(f"{where}.type", f"must be int, float or categorical, got {kind!r}")
+        c.keys(p, {"type", "low", "high", "step", "log"}, where)
+        integer = kind == "int"
+        low = c.number(p, "low", where, integer=integer)
+        high = c.number(p, "high", where, integer=integer)
+        step = c.number(p, "step", where, required=False, integer=integer, positive=True)
+        log = p.get("log", False)
+        if not isinstance(log, bool):
+            raise c.fail(f"{where}.log", f"must be true or false, got {log!r}")
+        if low > high:
+            raise c.fail(f"{where}.low", f"must be <= high ({high}), got {low}")
+        if log and low <= 0:
+            raise c.fail(f"{where}.low", f"must be > 0 when log is true, got {low}")
+        if log and step is not None and (kind == "float" or step != 1):
+            raise c.fail(f"{where}.step", "cannot be combined with log: true")
+        if step is not None and kind == "float":
+            span = (Decimal(repr(float(high))) - Decimal(repr(float(low)))) / Decimal(repr(float(step)))
+            if span != span.to_integral_value():
+                raise c.fail(f"{where}.step", f"(high - low) must be a multiple of step: ({high} - {low}) / {step} = {span}")
+        if step is not None and kind == "int" and (high - low) % step:
+            raise c.fail(f"{where}.step", f"(high - low) must be a multiple of step, got ({high} - {low}) % {step} != 0")
+        out.append(Param(pname, kind, low=low, high=high, step=step, log=log))
+    return tuple(out)
+
+
+def _parse_sampler(c: _Checker, raw: Any, space: tuple[Param, ...], n_objectives: int) -> dict[str, Any]:
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict):
+        raise c.fail("sampler", "must be a mapping with a type")
+    kind = raw.get("type")
+    if kind not in SAMPLERS:
+        raise c.fail("sampler.type", f"must be one of {', '.join(SAMPLERS)}, got {kind!r}")
+    out: dict[str, Any] = {"type": kind}
+    allowed = {"type", "seed"}
+    if "seed" in raw:
+        out["seed"] = c.number(raw, "seed", "sampler", integer=True)
+    if kind == "tpe":
+        allowed |= {"constant_liar", "n_startup_trials", "n_ei_candidates", "multivariate"}
+        for key in ("constant_liar", "multivariate"):
+            if key in raw:
+                if not isinstance(raw[key], bool):
+                    raise c.fail(f"sampler.{key}", f"must be true or false, got {raw[key]!r}")
+                out[key] = raw[key]
+        out.setdefault("constant_liar", True)
+        for key in ("n_startup_trials", "n_ei_candidates"):
+            if key in raw:
+                out[key] = c.number(raw, key, "sampler", integer=True, positive=True)
+    elif kind == "nsga3":
+        allowed |= {"population_size"}
+        if "population_size" in raw:
+            ps = c.number(raw, "population_size", "sampler", integer=True, positive=True)
+            if ps < 2:
+                raise c.fail("sampler.population_size", f"must be >= 2, got {ps}")
+            out["population_size"] = ps
+    elif kind == "grid":
+        for p in space:
+            if p.kind == "float" and p.step is None:
+                raise c.fail(f"space.{p.name}.step", "a grid needs a step on every float parameter")
+            if p.log and p.kind == "int":
+                raise c.fail(f"space.{p.name}.log", "a grid axis cannot be logarithmic; list the points as a categorical")
+        total = math.prod(len(p.grid_points()) for p in space)
+        if total > GRID_MAX_POINTS:
+            raise c.fail("space", f"the grid has {total} points, more than {GRID_MAX_POINTS}")
+    c.keys(raw, allowed, "sampler")
+    return out

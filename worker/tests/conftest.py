@@ -1,0 +1,151 @@
+"""Real redis-server processes on loopback, and real worker subprocesses.
+
+Debian's redis-server stands in for KeyDB: a primary and a replica replace two
+KeyDB active replicas (see README "What only KeyDB's active replication gives").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+import yaml
+
+HERE = Path(__file__).resolve().parent
+PASSWORD = "test-pass-Zq8"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProc:
+    def __init__(self, workdir: Path, name: str, replicaof: "RedisProc | None" = None,
+                 persist: bool = False) -> None:
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.replicaof = replicaof
+        self.persist = persist
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, replicaof: "RedisProc | None | bool" = True) -> "RedisProc":
+        if replicaof is True:
+            replicaof = self.replicaof
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--requirepass", PASSWORD, "--masterauth", PASSWORD, "--save", "",
+                "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+                "--logfile", str(self.dir / "redis.log"), "--daemonize", "no"]
+        if replicaof:
+            args += ["--replicaof", "127.0.0.1", str(replicaof.port)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    break
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.time() > deadline:
+                    raise RuntimeError(f"redis-server on {self.port} did not start; see {self.dir}/redis.log")
+                time.sleep(0.05)
+        if replicaof:
+            deadline = time.time() + 10
+            while self.client().info("replication").get("master_link_status") != "up":
+                if time.time() > deadline:
+                    raise RuntimeError(f"replica {self.port} did not sync")
+                time.sleep(0.05)
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD, decode_responses=True,
+                           socket_connect_timeout=2, socket_timeout=10)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGKILL)
+
+
+@pytest.fixture
+def servers(tmp_path):
+    made: list[RedisProc] = []
+
+    def make(name: str = "r", replicaof: RedisProc | None = None, persist: bool = False) -> RedisProc:
+        r = RedisProc(tmp_path, f"{name}{len(made)}", replicaof, persist)
+        made.append(r)
+        return r.start()
+
+    yield make
+    for r in made:
+        r.stop()
+
+
+def write_spec(path: Path, **overrides) -> Path:
+    spec = {
+        "name": "t",
+        "direction": "minimize",
+        "sampler": {"type": "random", "seed": None},
+        "space": {"x": {"type": "int", "low": 0, "high": 9}, "y": {"type": "int", "low": 0, "high": 4}},
+        "budget": {"n_trials": 20},
+        "objective": "objectives:record",
+        "worker": {"heartbeat_interval": 0.3, "heartbeat_ttl": 1.5},
+    }
+    spec.update(overrides)
+    if spec["sampler"].get("seed", 0) is None:
+        spec["sampler"].pop("seed")
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def worker_env(eval_log: Path, sleep: float = 0.0, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HPO_KEYDB_PASSWORD": PASSWORD, "HPO_TEST_EVAL_LOG": str(eval_log),
+                "HPO_TEST_SLEEP": str(sleep), "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def start_worker(spec: Path, endpoints: list[str], env: dict, host: str = "h1", processes: int = 1,
+                 log: Path | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "hpo_worker", "run", str(spec), "--endpoints", ",".join(endpoints),
+           "--code-dir", str(HERE), "--host-label", host, "--processes", str(processes)]
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def read_evals(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_trials(endpoint: str, study: str):
+    """Trials as Optuna replays them from the writer's journal (a fresh reader)."""
+    from hpo_worker.store import FencedJournalBackend, Store
+    from optuna.storages import JournalStorage
+    import optuna
+
+    store = Store([endpoint], password=PASSWORD)
+    store.elect(wait=5)
+    storage = JournalStorage(FencedJournalBackend(store, 0))
+    s = optuna.load_study(study_name=study, storage=storage)
+    return s.get_trials(deepcopy=False)
