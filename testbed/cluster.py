@@ -1,0 +1,320 @@
+"""A cluster: named nodes on one bridge, its state file and its inventory.
+
+State: ``/var/lib/hpo-testbed/clusters/<name>/cluster.json`` records the
+network index and, per node, its slot (address) and release. It is written
+before anything is created, so ``down`` can undo a half-finished ``up``;
+``down`` also searches by name (processes, mounts, rule comments, bridge
+alias) and so works even without the state file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testbed import network
+from testbed.base import DEFAULT_RELEASE, RELEASES, base_dir, ensure_base
+from testbed.errors import TestbedError
+from testbed.host import (
+    REPO_DIR,
+    STATE_DIR,
+    file_lock,
+    log,
+    mounts_under,
+    nspawn_processes,
+    require_free_space,
+    run,
+    ssh_key_path,
+)
+from testbed.nodes import Node, stop_nspawn
+
+CLUSTERS_DIR = STATE_DIR / "clusters"
+INVENTORY_DIR = REPO_DIR / "inventory" / "testbed" / "generated"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+BOOT_TIMEOUT = 120.0
+NODE_DISK_MIB = 300
+
+
+def check_name(kind: str, name: str) -> str:
+    if not NAME_RE.match(name):
+        raise TestbedError(
+            f"invalid {kind} name {name!r}: use lowercase letters, digits and '-', "
+            "starting with a letter or digit, at most 41 characters"
+        )
+    return name
+
+
+@dataclass
+class Cluster:
+    name: str
+    index: int = 0
+    nodes: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    # ---- paths and persistence ----------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        return CLUSTERS_DIR / self.name
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "cluster.json"
+
+    @property
+    def inventory_path(self) -> Path:
+        return INVENTORY_DIR / f"{self.name}.yml"
+
+    @property
+    def lock_path(self) -> Path:
+        return CLUSTERS_DIR / f".{self.name}.lock"
+
+    @classmethod
+    def load(cls, name: str) -> Cluster:
+        cluster = cls(check_name("cluster", name))
+        if cluster.state_file.exists():
+            data = json.loads(cluster.state_file.read_text())
+            cluster.index = int(data["index"])
+            cluster.nodes = data["nodes"]
+        return cluster
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"index": self.index, "nodes": self.nodes}, indent=2))
+        tmp.replace(self.state_file)
+
+    def node(self, name: str) -> Node:
+        record = self.nodes[name]
+        return Node(
+            name=name,
+            directory=self.directory / "nodes" / name,
+            address=network.node_address(self.index, int(record["slot"])),
+            gateway=network.host_address(self.index),
+            bridge=network.bridge_name(self.index),
+            release=str(record["release"]),
+            base=Path(str(record["base"])),
+        )
+
+    # ---- up -------------------------------------------------------------
+
+    def up(self, names: list[str], releases: dict[str, str]) -> None:
+        for name in names:
+            check_name("node", name)
+        unknown = set(releases) - set(names) - set(self.nodes)
+        if unknown:
+            raise TestbedError(f"--release names nodes not in this cluster: {sorted(unknown)}")
+        with file_lock(self.lock_path, f"cluster {self.name}"):
+            self._allocate(names, releases)
+            network.ensure_bridge(self.index)
+            run(["ip", "link", "set", "dev", network.bridge_name(self.index),
+                 "alias", f"{network.RULE_COMMENT_PREFIX}{self.name}"])
+            network.ensure_nat(self.name, self.index)
+            public_key = ssh_key_path().with_suffix(".pub").read_text()
+            hosts = {n: self.node(n).address for n in self.nodes}
+            started = []
+            for name in names:
+                node = self.node(name)
+                node.mount()
+                node.personalize(public_key, hosts)
+                if node.is_running():
+                    log(f"{name}: already running at {node.address}")
+                else:
+                    log(f"{name}: booting ({node.release}) at {node.address}")
+                    node.boot()
+                    started.append(name)
+            # other nodes of the cluster learn the new names too
+            for name in set(self.nodes) - set(names):
+                other = self.node(name)
+                if other.rootfs in mounts_under(other.rootfs):
+                    other.personalize(public_key, hosts)
+            self._wait([self.node(n) for n in names])
+            self.write_inventory()
+
+    def _allocate(self, names: list[str], releases: dict[str, str]) -> None:
+        """Record the network and every node before creating anything."""
+        CLUSTERS_DIR.mkdir(parents=True, exist_ok=True)
+        with file_lock(CLUSTERS_DIR / ".allocate.lock", "network allocation"):
+            if not self.index:
+                taken = {c.index for c in all_clusters()}
+                self.index = network.pick_index(taken)
+                self.save()
+        new = [n for n in names if n not in self.nodes]
+        if new:
+            require_free_space(STATE_DIR, NODE_DISK_MIB * len(new), f"{len(new)} new node(s)")
+        for name in names:
+            record = self.nodes.get(name)
+            release = releases.get(name, str(record["release"]) if record else DEFAULT_RELEASE)
+            if release not in RELEASES:
+                raise TestbedError(
+                    f"node {name}: unknown release {release!r} (known: {', '.join(RELEASES)})"
+                )
+            if record and record["release"] != release:
+                raise TestbedError(
+                    f"node {name} exists with release {record['release']}, not {release}; "
+                    f"run 'bin/testbed --cluster {self.name} down' first"
+                )
+            base = ensure_base(release)
+            if record is None:
+                used = {int(r["slot"]) for r in self.nodes.values()}
+                slot = _node_slot(name, self.name, used)
+                self.nodes[name] = {"slot": slot, "release": release, "base": str(base)}
+                self.save()
+            elif not Path(str(record["base"])).exists():
+                # the base this node was made from is gone: start the node afresh
+                self._remove_node_files(name)
+                record["base"] = str(base)
+                self.save()
+
+    def _wait(self, nodes: list[Node]) -> None:
+        """Wait until systemd in every node is up and SSH answers."""
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        pending = {n.name: n for n in nodes}
+        while pending:
+            for name, node in list(pending.items()):
+                if not node.is_running():
+                    raise TestbedError(
+                        f"node {name} exited while booting. Its log:\n{node.journal_tail()}"
+                    )
+                state = node.system_state()
+                if state in ("running", "degraded") and node.ssh_ok():
+                    if state == "degraded":
+                        log(f"{name}: degraded; failed units:\n{node.failed_units()}")
+                    else:
+                        log(f"{name}: running, SSH answers at {node.address}")
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                name, node = next(iter(pending.items()))
+                raise TestbedError(
+                    f"node {name} did not come up within {BOOT_TIMEOUT:.0f}s "
+                    f"(systemd: {node.system_state()}, SSH: "
+                    f"{'ok' if node.ssh_ok() else 'no answer'}). Journal:\n"
+                    f"{node.journal_tail()}"
+                )
+            if pending:
+                time.sleep(0.5)
+
+    def write_inventory(self) -> Path:
+        key = ssh_key_path()
+        lines = [
+            "# Generated by bin/testbed: do not edit. Removed by 'bin/testbed down'.",
+            f"# cluster {self.name}, bridge {network.bridge_name(self.index)}, "
+            f"network {network.subnet(self.index)}",
+            "all:",
+            "  children:",
+            "    testbed_nodes:",
+            "      vars:",
+            "        ansible_user: root",
+            f"        ansible_ssh_private_key_file: {key}",
+            "        ansible_ssh_common_args: >-",
+            "          -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "          -o LogLevel=ERROR",
+            "        ansible_python_interpreter: /usr/bin/python3",
+            f"        testbed_cluster: {self.name}",
+            "      hosts:",
+        ]
+        for name in sorted(self.nodes, key=lambda n: int(self.nodes[n]["slot"])):
+            node = self.node(name)
+            lines += [
+                f"        {name}:",
+                f"          ansible_host: {node.address}",
+                f"          cluster_address: {node.address}",
+                f"          testbed_release: {node.release}",
+            ]
+        INVENTORY_DIR.mkdir(parents=True, exist_ok=True)
+        self.inventory_path.write_text("\n".join(lines) + "\n")
+        return self.inventory_path
+
+    # ---- down -----------------------------------------------------------
+
+    def down(self) -> None:
+        with file_lock(self.lock_path, f"cluster {self.name}"):
+            pids = list(nspawn_processes(self.directory))
+            if pids:
+                log(f"stopping {len(pids)} node(s) of {self.name}")
+                stop_nspawn(pids, grace=10.0)
+            for mount_point in mounts_under(self.directory):
+                if run(["umount", str(mount_point)], check=False).returncode != 0:
+                    run(["umount", "--lazy", str(mount_point)])
+            network.delete_nat(self.name)
+            for bridge in bridges_of(self.name):
+                network.delete_bridge(bridge)
+            if self.index:
+                network.delete_bridge(network.bridge_name(self.index))
+            left = mounts_under(self.directory)
+            if left:
+                raise TestbedError(f"still mounted, not removing {self.directory}: {left}")
+            if self.directory.exists():
+                shutil.rmtree(self.directory)
+            self.inventory_path.unlink(missing_ok=True)
+        self.lock_path.unlink(missing_ok=True)
+        log(f"cluster {self.name} removed")
+
+    def _remove_node_files(self, name: str) -> None:
+        directory = self.directory / "nodes" / name
+        stop_nspawn(list(nspawn_processes(directory)), grace=10.0)
+        for mount_point in mounts_under(directory):
+            run(["umount", str(mount_point)])
+        if directory.exists():
+            shutil.rmtree(directory)
+
+
+def _node_slot(node: str, cluster: str, used: set[int]) -> int:
+    """Slot for a new node: NAME-k gets k-1 (address .10+k) when free."""
+    match = re.fullmatch(rf"{re.escape(cluster)}-(\d+)", node)
+    if match and 0 < int(match.group(1)) <= 200 and int(match.group(1)) - 1 not in used:
+        return int(match.group(1)) - 1
+    for slot in range(0, 200):
+        if slot not in used:
+            return slot
+    raise TestbedError("no free address left in this cluster (200 nodes)")
+
+
+def bridges_of(cluster: str) -> list[str]:
+    """Bridges whose alias names this cluster (found even without state)."""
+    wanted = f"{network.RULE_COMMENT_PREFIX}{cluster}"
+    found = []
+    for bridge in network.testbed_bridges():
+        proc = run(["ip", "-o", "link", "show", "dev", bridge], check=False)
+        if f"alias {wanted}" in proc.stdout and proc.stdout.rstrip().endswith(wanted):
+            found.append(bridge)
+    return found
+
+
+def all_clusters() -> list[Cluster]:
+    if not CLUSTERS_DIR.exists():
+        return []
+    return [
+        Cluster.load(p.name)
+        for p in sorted(CLUSTERS_DIR.iterdir())
+        if p.is_dir() and NAME_RE.match(p.name)
+    ]
+
+
+def leftovers() -> dict[str, list[str]]:
+    """Everything of the test bed still present on the host, by kind."""
+    return {
+        "clusters": [c.name for c in all_clusters()],
+        "nodes": [f"pid {pid}: {d}" for pid, d in sorted(nspawn_processes(CLUSTERS_DIR).items())],
+        "mounts": [str(m) for m in mounts_under(CLUSTERS_DIR)],
+        "bridges": network.testbed_bridges(),
+        "nat rules": [f"{table}: {rule}" for table, rule in network.testbed_rules()],
+        "inventories": sorted(str(p) for p in INVENTORY_DIR.glob("*.yml"))
+        if INVENTORY_DIR.exists() else [],
+    }
+
+
+def prune_bases() -> list[Path]:
+    """Remove base images no node uses and no current recipe names."""
+    keep = {base_dir(r) for r in RELEASES}
+    for cluster in all_clusters():
+        keep |= {Path(str(rec["base"])) for rec in cluster.nodes.values()}
+    removed = []
+    for path in sorted((STATE_DIR / "base").glob("*")):
+        if path.is_dir() and path not in keep:
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed

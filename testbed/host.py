@@ -1,0 +1,187 @@
+"""Host-side helpers: where state lives, running commands, locks, preconditions."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from testbed.errors import TestbedError
+
+#: All state of the test bed (base images, clusters, SSH key, pip cache).
+STATE_DIR = Path(os.environ.get("HPO_TESTBED_STATE", "/var/lib/hpo-testbed"))
+#: The repository this package lives in; generated inventories go below it.
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+#: Host commands the test bed needs, and the Debian package providing each.
+REQUIRED_COMMANDS = {
+    "debootstrap": "debootstrap",
+    "systemd-nspawn": "systemd-container",
+    "iptables": "iptables",
+    "ip": "iproute2",
+    "bridge": "iproute2",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "nsenter": "util-linux",
+    "mount": "mount",
+}
+
+
+def log(message: str) -> None:
+    """Progress output, with a UTC timestamp, on stderr."""
+    stamp = time.strftime("%H:%M:%S", time.gmtime())
+    print(f"[testbed {stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def run(
+    args: list[str],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    timeout: float | None = None,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise TestbedError with its output."""
+    try:
+        proc = subprocess.run(
+            args,
+            check=False,
+            text=True,
+            capture_output=capture,
+            timeout=timeout,
+            input=input_text,
+            stdin=None if input_text is not None else subprocess.DEVNULL,
+        )
+    except FileNotFoundError as exc:
+        raise TestbedError(f"command not found: {args[0]}; run bin/setup") from exc
+    if check and proc.returncode != 0:
+        output = ((proc.stdout or "") + (proc.stderr or "")).strip()
+        raise TestbedError(
+            f"command failed ({proc.returncode}): {' '.join(args)}\n{output}"
+        )
+    return proc
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise TestbedError(
+            "the test bed needs root (it creates bridges, NAT rules, mounts "
+            "and containers); run it with sudo"
+        )
+
+
+def require_commands() -> None:
+    missing = {
+        cmd: pkg for cmd, pkg in REQUIRED_COMMANDS.items() if shutil.which(cmd) is None
+    }
+    if missing:
+        packages = " ".join(sorted(set(missing.values())))
+        raise TestbedError(
+            f"missing host commands: {', '.join(sorted(missing))}. "
+            f"Run bin/setup, or: apt-get install -y {packages}"
+        )
+
+
+def require_free_space(path: Path, needed_mib: int, purpose: str) -> None:
+    """Fail early, with numbers, when the disk holding `path` is too full."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    stat = os.statvfs(probe)
+    free_mib = stat.f_bavail * stat.f_frsize // (1024 * 1024)
+    if free_mib < needed_mib:
+        raise TestbedError(
+            f"disk full: {purpose} needs about {needed_mib} MiB free on the "
+            f"filesystem of {probe}, only {free_mib} MiB left. Free space "
+            f"(bin/testbed down, bin/testbed prune) and retry."
+        )
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str) -> Iterator[None]:
+    """Exclusive flock on `path`; tells the user when it has to wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for {what} (another testbed command holds {path})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ssh_key_path() -> Path:
+    """The private key for root on every node; created on first use."""
+    key = STATE_DIR / "ssh" / "id_ed25519"
+    with file_lock(STATE_DIR / "ssh.lock", "the SSH key"):
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            run(
+                [
+                    "ssh-keygen", "-q", "-t", "ed25519", "-N", "",
+                    "-C", "hpo-testbed", "-f", str(key),
+                ]
+            )
+    return key
+
+
+SSH_OPTIONS = [
+    "-o", "StrictHostKeyChecking=no",
+    "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR",
+    "-o", "BatchMode=yes",
+    "-o", "ConnectTimeout=5",
+]
+
+
+def ssh_command(address: str, command: list[str] | None = None) -> list[str]:
+    """The ssh argv to reach root@address with the test bed key."""
+    argv = ["ssh", "-i", str(ssh_key_path()), *SSH_OPTIONS, f"root@{address}"]
+    return argv + (command or [])
+
+
+def mounts_under(prefix: Path) -> list[Path]:
+    """Mount points at or below `prefix`, deepest first (unmount order)."""
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            mount_point = line.split()[4].encode().decode("unicode_escape")
+            path = Path(mount_point)
+            if path == prefix or prefix in path.parents:
+                found.append(path)
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+
+
+def nspawn_processes(prefix: Path) -> dict[int, str]:
+    """systemd-nspawn processes whose -D directory lies below `prefix`."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith(b"systemd-nspawn"):
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        for index, arg in enumerate(args):
+            directory = None
+            if arg == "-D" and index + 1 < len(args):
+                directory = args[index + 1]
+            elif arg.startswith("--directory="):
+                directory = arg.split("=", 1)[1]
+            if directory and (
+                Path(directory) == prefix or prefix in Path(directory).parents
+            ):
+                found[int(entry.name)] = directory
+    return found

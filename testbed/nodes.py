@@ -1,0 +1,253 @@
+"""One node: an overlayfs copy of a base image, booted by systemd-nspawn.
+
+Layout of a node directory::
+
+    nodes/<name>/upper   overlay upper layer (everything the node writes)
+    nodes/<name>/work    overlay work dir
+    nodes/<name>/rootfs  the mounted overlay, booted with systemd-nspawn -D
+    nodes/<name>/console.log  what the node printed while booting
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.errors import TestbedError
+from testbed.host import STATE_DIR, mounts_under, nspawn_processes, run, ssh_command
+
+#: Host directory shared by all nodes as pip's cache (see /etc/pip.conf).
+PIP_CACHE = STATE_DIR / "pip-cache"
+PIP_CACHE_IN_NODE = "/var/cache/hpo-testbed/pip"
+
+
+@dataclass
+class Node:
+    name: str
+    directory: Path
+    address: str
+    gateway: str
+    bridge: str
+    release: str
+    base: Path
+
+    @property
+    def rootfs(self) -> Path:
+        return self.directory / "rootfs"
+
+    # ---- filesystem ---------------------------------------------------
+
+    def mount(self) -> None:
+        """Mount the overlay (idempotent)."""
+        if self.rootfs in mounts_under(self.rootfs):
+            return
+        for sub in ("upper", "work", "rootfs"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        options = (
+            f"lowerdir={self.base},upperdir={self.directory / 'upper'},"
+            f"workdir={self.directory / 'work'}"
+        )
+        run(["mount", "-t", "overlay", "overlay", "-o", options, str(self.rootfs)])
+
+    def personalize(self, public_key: str, hosts: dict[str, str]) -> None:
+        """Give the node its identity (once) and current settings (every up)."""
+        root = self.rootfs
+        etc = root / "etc"
+        machine_id = etc / "machine-id"
+        if not machine_id.read_text().strip():
+            machine_id.write_text(uuid.uuid4().hex + "\n")
+        (etc / "hostname").write_text(self.name + "\n")
+        if not list((etc / "ssh").glob("ssh_host_*_key")):
+            # -A with -f PREFIX writes PREFIX/etc/ssh/ssh_host_*: keys unique to this node
+            run(["ssh-keygen", "-A", "-f", str(root)])
+        ssh_dir = root / "root" / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        authorized = ssh_dir / "authorized_keys"
+        authorized.write_text(public_key.strip() + "\n")
+        authorized.chmod(0o600)
+        (etc / "systemd" / "network" / "10-hpo-testbed.network").write_text(
+            "# written by hpo-testbed\n"
+            "[Match]\nName=host0\n\n"
+            f"[Network]\nAddress={self.address}/24\nGateway={self.gateway}\n"
+            "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+        )
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        lines += [f"{addr}\t{name}" for name, addr in sorted(hosts.items())]
+        (etc / "hosts").write_text("# written by hpo-testbed\n" + "\n".join(lines) + "\n")
+        (etc / "pip.conf").write_text(
+            "# written by hpo-testbed: one download cache shared by all test nodes\n"
+            "[global]\n"
+            f"cache-dir = {PIP_CACHE_IN_NODE}\n"
+            "cert = /etc/ssl/certs/ca-certificates.crt\n"
+        )
+
+    # ---- processes ----------------------------------------------------
+
+    def nspawn_pid(self) -> int | None:
+        pids = nspawn_processes(self.directory)
+        return min(pids) if pids else None
+
+    def is_running(self) -> bool:
+        return self.nspawn_pid() is not None
+
+    def boot(self) -> None:
+        """Start systemd-nspawn in the background (returns at once)."""
+        PIP_CACHE.mkdir(parents=True, exist_ok=True)
+        PIP_CACHE.chmod(0o1777)
+        argv = [
+            "systemd-nspawn",
+            "--quiet",
+            "--register=no",
+            "--keep-unit",
+            "--boot",
+            f"--directory={self.rootfs}",
+            f"--machine={self.name}",
+            f"--network-bridge={self.bridge}",
+            "--resolv-conf=replace-host",
+            "--timezone=off",
+            "--console=read-only",
+            f"--bind={PIP_CACHE}:{PIP_CACHE_IN_NODE}",
+        ]
+        console = open(self.directory / "console.log", "ab")  # noqa: SIM115  handed to the child
+        with console:
+            subprocess.Popen(  # noqa: S603  fixed argv, no shell
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def init_pid(self) -> int | None:
+        """PID (on the host) of the node's systemd, found below systemd-nspawn."""
+        top = self.nspawn_pid()
+        if top is None:
+            return None
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+        queue = list(children.get(top, []))
+        while queue:
+            pid = queue.pop(0)
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("NSpid:") and line.split()[-1] == "1" and len(
+                    line.split()
+                ) > 2:
+                    return pid
+            queue.extend(children.get(pid, []))
+        return None
+
+    def exec(self, command: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the node without SSH (nsenter into its namespaces)."""
+        pid = self.init_pid()
+        if pid is None:
+            raise TestbedError(f"node {self.name} is not running")
+        return run(
+            ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", *command],
+            check=False,
+            timeout=timeout,
+        )
+
+    def system_state(self) -> str:
+        try:
+            proc = self.exec(["systemctl", "is-system-running"], timeout=10)
+        except (TestbedError, subprocess.TimeoutExpired):
+            return "unreachable"
+        return proc.stdout.strip() or "unknown"
+
+    def ssh_ok(self) -> bool:
+        proc = run(ssh_command(self.address, ["true"]), check=False, timeout=20)
+        return proc.returncode == 0
+
+    def failed_units(self) -> str:
+        proc = self.exec(["systemctl", "--failed", "--no-legend", "--plain"])
+        return proc.stdout.strip()
+
+    def journal_tail(self, lines: int = 60) -> str:
+        text = ""
+        if self.init_pid() is not None:
+            proc = self.exec(["journalctl", "-b", "--no-pager", "-n", str(lines)])
+            text += proc.stdout
+        console = self.directory / "console.log"
+        if console.exists():
+            tail = console.read_text(errors="replace").splitlines()[-lines:]
+            text += "\n--- console.log (tail) ---\n" + "\n".join(tail)
+        return text
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Power the node off (SIGTERM to nspawn), kill it if it hangs."""
+        pids = list(nspawn_processes(self.directory))
+        stop_nspawn(pids, grace)
+
+    def unmount(self) -> None:
+        for mount_point in mounts_under(self.directory):
+            if run(["umount", str(mount_point)], check=False).returncode != 0:
+                run(["umount", "--lazy", str(mount_point)])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    # a zombie still answers kill(0); treat it as gone
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stop_nspawn(pids: list[int], grace: float) -> None:
+    """SIGTERM systemd-nspawn processes (orderly poweroff), then SIGKILL."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            # killing the container's PID 1 ends its whole PID namespace
+            for child in _descendants(pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+
+
+def _descendants(pid: int) -> list[int]:
+    result = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            child = int(entry.name)
+            result.append(child)
+            result.extend(_descendants(child))
+    return result
