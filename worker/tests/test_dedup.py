@@ -1,0 +1,61 @@
+"""Duplicate guard with 8 real worker processes on one redis-server."""
+
+import collections
+import json
+import threading
+
+from conftest import PASSWORD, load_trials, read_evals, start_worker, worker_env, write_spec
+from hpo_worker.store import Store
+
+
+def test_eight_workers_fifty_points_each_evaluated_once(servers, tmp_path):
+    r = servers("w")
+    spec = write_spec(tmp_path / "s.yaml", name="dedup",
+                      sampler={"type": "tpe", "constant_liar": True, "n_startup_trials": 10},
+                      space={"x": {"type": "int", "low": 0, "high": 9}, "y": {"type": "int", "low": 0, "high": 4}},
+                      budget={"n_trials": 200})
+    evals = tmp_path / "evals.jsonl"
+    p = start_worker(spec, [r.endpoint], worker_env(evals, sleep=0.02), processes=8, log=tmp_path / "w.log")
+    assert p.wait(240) == 0, (tmp_path / "w.log").read_text()[-3000:]
+
+    trials = load_trials(r.endpoint, "dedup")
+    started = [tuple(sorted(e["params"].items())) for e in read_evals(evals) if e["phase"] == "start"]
+    counts = collections.Counter(started)
+    assert counts and max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
+    drawn = {tuple(sorted(t.params.items())) for t in trials if t.params}
+    assert len(started) == len(drawn), (len(started), len(drawn))
+    assert set(started) == drawn
+    states = collections.Counter(t.state.name for t in trials)
+    assert states["RUNNING"] == 0 and states["COMPLETE"] >= 200, states
+    assert len(drawn) <= 50
+    # trials that took a value say from which trial and host
+    reused = [t for t in trials if "reused_from" in t.user_attrs.get("hpo", {})]
+    assert reused, "with 200 trials on 50 points some must reuse a COMPLETE value"
+    by_number = {t.number: t for t in trials}
+    for t in reused:
+        orig = by_number[t.user_attrs["hpo"]["reused_from"]]
+        assert orig.params == t.params and orig.value == t.value
+        assert t.user_attrs["hpo"]["reused_host"] == "h1"
+
+
+def test_claim_is_atomic_under_simultaneous_draws(servers):
+    """32 threads claim the same fingerprint at the same instant: exactly one wins."""
+    r = servers("c")
+    store = Store([r.endpoint], password=PASSWORD)
+    store.elect(wait=5)
+    barrier = threading.Barrier(32)
+    results = []
+
+    def claim(i):
+        barrier.wait()
+        got = store.run("claim", [store.claims_key("race")], ["fp", json.dumps({"owner": f"w{i}", "state": "RUNNING"})])
+        results.append((i, got))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, got in results if got is None]
+    assert len(winners) == 1
+    assert all(json.loads(got)["owner"] == f"w{winners[0]}" for _, got in results if got is not None)
