@@ -243,7 +243,11 @@ class Worker:
     def one_trial(self) -> None:
         study = self.study
         trial = study.ask()
-        inf = InFlight(trial=trial, trial_id=trial._trial_id, number=trial.number, token=uuid.uuid4().hex)
+        # The claim token names the journal worker id and the trial id: anyone replaying
+        # the journal can rebuild it, so reapers can release the claims of dead workers.
+        owner = self.backend.trial_owner.get(trial._trial_id, uuid.uuid4().hex)
+        inf = InFlight(trial=trial, trial_id=trial._trial_id, number=trial.number,
+                       token=f"{owner}/{trial._trial_id}")
         self.inflight = inf
         inf.params = self._suggest(trial)
         inf.fingerprint = self.spec.fingerprint(inf.params)
@@ -361,6 +365,8 @@ class Worker:
         if now - self._last_reap < self.spec.heartbeat_interval:
             return 0
         self._last_reap = now
+        if now - self.store.adopted_at < self.spec.heartbeat_ttl:
+            return 0  # heartbeats may not have reached a just-promoted master yet
         backend = self.backend
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         cands = [(t, backend.trial_owner.get(t._trial_id)) for t in running]
@@ -382,9 +388,9 @@ class Worker:
                 logs.append(self._requeue_log(params, {"hpo_requeued_from": t.number, "hpo_reason": "heartbeat expired"}))
             fp = self.spec.fingerprint(params) if len(params) == len(self.spec.space) else ""
             done = self.store.run("end", [self.store.k_journal, self.store.claims_key(self.spec.name),
-                                          self._marker(t._trial_id, attrs.get("token", owner)),
+                                          self._marker(t._trial_id, f"{owner}/{t._trial_id}"),
                                           self.store.hb_key(owner)],
-                                  [fp, attrs.get("token", ""), "", *logs])
+                                  [fp, f"{owner}/{t._trial_id}", "", *logs])
             if done:
                 reaped += 1
                 log.warning("reaped trial %d of %s (heartbeat expired): FAIL, params requeued",
@@ -396,6 +402,7 @@ class Worker:
         """The writer failed or moved: follow it, rebuild the view, settle the trial in flight."""
         log.warning("writer problem (%s: %s); following the writer", type(exc).__name__, exc)
         inf = self.inflight
+        old_ids = set(self.backend.my_worker_ids) if self.backend else set()
         gen = self.backend.generation if self.backend else -1
         if self.store.generation == gen:
             failed = self.store.writer_endpoint if not isinstance(exc, WriterMoved) else None
@@ -407,21 +414,36 @@ class Worker:
                 if inf is not None:
                     self._settle_after_failover(inf)
                 self.inflight = None
+                self._end_orphans(old_ids)
                 return
             except WriterLost as exc2:
                 log.warning("writer failed again during recovery (%s)", exc2)
                 self.store.elect(failed=self.store.writer_endpoint, wait=120, stop=self.stop_event)
 
+    def _end_orphans(self, old_ids: set[str]) -> None:
+        """End trials this process started under its previous view (a write whose answer was lost)."""
+        if not old_ids:
+            return
+        owner = self.backend.trial_owner
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if owner.get(t._trial_id) in old_ids:
+                params = t.system_attrs.get("fixed_params") or t.params
+                inf = InFlight(trial=None, trial_id=t._trial_id, number=t.number,
+                               token=f"{owner[t._trial_id]}/{t._trial_id}",
+                               params=dict(params))
+                if len(params) == len(self.spec.space):
+                    inf.fingerprint = self.spec.fingerprint(params)
+                    inf.claimed = True  # released only if the claim carries this trial's token
+                self.end_and_requeue(inf, "orphaned by writer failover")
+
     def _settle_after_failover(self, inf: InFlight) -> None:
         mine = None
-        try:
-            t = self.study._storage.get_trial(inf.trial_id)
-            if t.user_attrs.get("hpo", {}).get("token") == inf.token:
-                mine = t
-        except KeyError:
-            pass
-        claims = [self.store.k_journal, self.store.claims_key(self.spec.name), self._marker(inf.trial_id, inf.token), ""]
+        owner = self.backend.trial_owner.get(inf.trial_id)
+        if owner is not None and f"{owner}/{inf.trial_id}" == inf.token:
+            mine = self.study._storage.get_trial(inf.trial_id)
         if inf.values is not None:
+            claims = [self.store.k_journal, self.store.claims_key(self.spec.name),
+                      self._marker(inf.trial_id, inf.token) + ":result", ""]
             done = json.dumps({"owner": inf.token, "state": "COMPLETE", "values": inf.values,
                                "trial": inf.number, "host": self.host})
             if mine is not None and mine.state == TrialState.COMPLETE:
@@ -430,9 +452,9 @@ class Worker:
                 logs = [self._complete_log(inf.trial_id, inf.values)]
             else:
                 logs = [self._added_complete_log(inf)]
-            self.store.run("end", claims, [inf.fingerprint, inf.token, done, *logs])
-            self.store.wait_replicas()
-            log.warning("trial %d: result recorded on the new writer", inf.number)
+            if self.store.run("end", claims, [inf.fingerprint, inf.token, done, *logs]):
+                self.store.wait_replicas()
+                log.warning("trial %d: result recorded on the new writer", inf.number)
             return
         if mine is not None and mine.state != TrialState.RUNNING:
             return

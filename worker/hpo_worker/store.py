@@ -26,6 +26,8 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from optuna.storages.journal import BaseJournalBackend
 
 log = logging.getLogger("hpo_worker.store")
@@ -173,15 +175,16 @@ class Store:
         self.password = password
         self.ns = namespace
         self.allow_promote_replica = allow_promote_replica
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # held by elections only; fenced calls never wait on it
         self._clients: dict[str, redis.Redis] = {}
         self.record: str = ""  # "EPOCH HOST:PORT" we write under
         self.writer: redis.Redis | None = None
         self.generation = 0  # bumps on every change of writer
         self.replicas = 0
+        self.adopted_at = 0.0  # time.monotonic() of the last change of writer
+        self._state: tuple[str, dict[str, Any]] = ("", {})
         self.k_writer = f"{namespace}:writer"
         self.k_journal = f"{namespace}:journal"
-        self._scripts: dict[str, Any] = {}
 
     # ------------------------------------------------------------ connections
     def client(self, endpoint: str) -> redis.Redis:
@@ -190,7 +193,7 @@ class Store:
             host, _, port = endpoint.rpartition(":")
             c = redis.Redis(host=host, port=int(port), password=self.password, decode_responses=True,
                             socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
-                            health_check_interval=0)
+                            health_check_interval=0, retry=Retry(NoBackoff(), 0))
             self._clients[endpoint] = c
         return c
 
@@ -214,7 +217,7 @@ class Store:
         except redis.AuthenticationError:
             raise
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
-            log.debug("endpoint %s unreachable: %s", endpoint, exc)
+            log.warning("endpoint %s unreachable: %r", endpoint, exc)
             return None
 
     # ------------------------------------------------------------ election
@@ -251,32 +254,39 @@ class Store:
             epoch, named, rec, role = reachable[ep]
             if named == ep and role == "master" and epoch >= 0:
                 self._adopt(ep, rec)
+                for other, (o_epoch, _, o_rec, o_role) in reachable.items():
+                    if o_epoch < epoch and o_role == "master":
+                        self._fence(other, o_rec)
                 return rec
+        # Nobody holds the highest record yet. If the writer it names still answers,
+        # its record is only late on this probe: look again instead of promoting.
+        named = next((reachable[ep][1] for ep in top if reachable[ep][1]), "")
+        if named and named in reachable:
+            return None
+        if named:
+            time.sleep(0.3)  # one more look before declaring the writer dead
+            if self._probe(named) is not None:
+                return None
         # The named writer is down (or nothing is set up yet): promote the first
-        # reachable master in inventory order that holds the highest epoch.
+        # reachable master in inventory order that holds the highest epoch; a replica
+        # only when a writer existed before (a fresh group starts on a master).
         for ep in top:
-            epoch, named, rec, role = reachable[ep]
-            if named and named in reachable and named != ep:
-                # the named writer answers: wait until it has the record itself
-                nep = reachable[named]
-                if nep[0] >= epoch and nep[3] == "master":
-                    self._adopt(named, nep[2])
-                    return nep[2]
+            epoch, _, rec, role = reachable[ep]
+            if role != "master" and (not named or not self.allow_promote_replica):
+                continue
             new = f"{max(epoch, 0) + 1} {ep}"
             c = self.client(ep)
             try:
                 if role != "master":
-                    if not self.allow_promote_replica:
-                        continue
                     log.warning("promoting replica %s to master (REPLICAOF NO ONE)", ep)
                     c.execute_command("REPLICAOF", "NO", "ONE")
                 got = c.eval(PROMOTE, 1, self.k_writer, rec or "", new)
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
                 log.warning("could not promote %s: %s", ep, exc)
                 continue
-            if got == new:
-                log.warning("%s is the writer now (epoch %s)", ep, new.split()[0])
-            # someone else may have won the race: re-probe next round
+            if got == new and (rec or "") != new:
+                log.warning("%s is the writer now (epoch %s, was %r)", ep, new.split()[0], rec)
+            # someone else may have won the race: adopt whatever the highest record is now
             return self._elect_once_adopt_only()
         return None
 
@@ -293,17 +303,20 @@ class Store:
 
     def _adopt(self, endpoint: str, rec: str) -> None:
         if rec != self.record:
-            self.generation += 1
-            self.record = rec
-            self.writer = self.client(endpoint)
-            self._scripts = {name: self.writer.register_script(src) for name, src in
-                             (("append", APPEND), ("hb", HEARTBEAT), ("claim", CLAIM),
-                              ("update_claim", UPDATE_CLAIM), ("end", END_TRIAL))}
+            writer = self.client(endpoint)
+            scripts = {name: writer.register_script(src) for name, src in
+                       (("append", APPEND), ("hb", HEARTBEAT), ("claim", CLAIM),
+                        ("update_claim", UPDATE_CLAIM), ("end", END_TRIAL))}
             try:
-                info = self.writer.info("replication")
+                info = writer.info("replication")
                 self.replicas = int(info.get("connected_slaves", 0))
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
                 self.replicas = 0
+            self.writer = writer
+            self.record = rec
+            self._state = (rec, scripts)
+            self.adopted_at = time.monotonic()
+            self.generation += 1
             log.info("writer: %s (replicas connected: %d)", rec, self.replicas)
 
     @property
@@ -326,18 +339,21 @@ class Store:
             if epoch > my_epoch and named == ep and role == "master":
                 newer = rec
             elif epoch < my_epoch and role == "master" and ep != self.writer_endpoint:
-                try:
-                    if self.client(ep).eval(FENCE_STALE, 1, self.k_writer, self.record, my_epoch):
-                        log.warning("fenced stale master %s (its record was %r)", ep, rec)
-                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                    pass
+                self._fence(ep, rec)
         return newer
+
+    def _fence(self, ep: str, rec: str | None) -> None:
+        """Write our (higher) writer record onto a stale master, so writes aimed at it fail."""
+        try:
+            if self.client(ep).eval(FENCE_STALE, 1, self.k_writer, self.record, self.epoch):
+                log.warning("fenced stale master %s (its record was %r)", ep, rec)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            pass
 
     # ------------------------------------------------------------ fenced calls
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        with self._lock:
-            script = self._scripts[name]
-            record = self.record
+        record, scripts = self._state
+        script = scripts[name]
         try:
             return script(keys=[self.k_writer, *keys], args=[record, *args])
         except redis.ResponseError as exc:
@@ -347,9 +363,7 @@ class Store:
         """Block until the replicas have our writes (if there are replicas)."""
         if self.replicas <= 0:
             return 0
-        with self._lock:
-            w = self.writer
-        return int(w.execute_command("WAIT", self.replicas, timeout_ms))
+        return int(self.writer.execute_command("WAIT", self.replicas, timeout_ms))
 
     def hb_key(self, worker_id: str) -> str:
         return f"{self.ns}:hb:{worker_id}"
