@@ -95,3 +95,15 @@ def test_unit_template_stop_and_hardening() -> None:
     assert settings["ProtectSystem"] == "strict"
     assert "PASSWORD" not in settings["ExecStart"]
     assert text.startswith("{{ ansible_managed | comment }}")
+
+
+def test_pack_source_excludes_top_level_entries(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "tests").mkdir(parents=True)
+    (src / "pkg" / "tests").mkdir(parents=True)
+    (src / "tests" / "test_a.py").write_text("")
+    (src / "pkg" / "tests" / "keep.py").write_text("")
+    dest = tmp_path / "a.tar"
+    argv = [sys.executable, str(ROLE / "files" / "pack_source.py"), str(src), str(dest), "--exclude", "tests"]
+    subprocess.run(argv, check=True, capture_output=True)
+    assert tarfile.open(dest).getnames() == ["pkg/tests/keep.py"]

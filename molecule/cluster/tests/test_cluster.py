@@ -1,0 +1,221 @@
+"""Verifier of the cluster scenario: the product working on three nodes.
+
+Everything here acts on the real cluster that site.yml converged: real
+systemd units, real worker processes, the real store (redis-server primary
++ replica standing in for KeyDB), read back through the worker's own store
+code. The tests run in file order: the stop test leaves cluster-2's worker
+running again before the kill test starts.
+
+Figures (stop time, trials left RUNNING, reaping time) are printed and
+written to .cache/cluster-figures.json in the project directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+RUNNER = AnsibleRunner(INVENTORY)
+NODES = sorted(RUNNER.get_hosts("optuna_workers"))
+FIGURES = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".cache" / "cluster-figures.json"
+
+VENV = "/opt/hpo-worker/venv"
+ENV_FILE = "/etc/hpo-worker/keydb.env"
+SLOW = "slow"
+DIGITS = "digits-svc"
+# slow study: heartbeat_ttl 5 s, heartbeat_interval 1 s, each trial sleeps 4 s.
+# A dead worker's trial is reaped by another worker at its next reaping pass
+# once the heartbeat key expired: ttl + interval + one trial in flight there.
+REAP_GRACE = 5 + 1 + 4
+
+# Reads every trial of a study through the worker's own store code (the same
+# writer election as the workers, read-only), printed as JSON.
+DUMP = r"""
+import json, os, sys
+import optuna
+from optuna.storages import JournalStorage
+from hpo_worker.store import FencedJournalBackend, Store, parse_endpoints
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+store = Store(parse_endpoints(os.environ["HPO_KEYDB_ENDPOINTS"]), password=os.environ["HPO_KEYDB_PASSWORD"])
+store.elect(wait=10)
+study = optuna.load_study(study_name=sys.argv[1], storage=JournalStorage(FencedJournalBackend(store, 10000)))
+out = []
+for t in study.get_trials(deepcopy=False):
+    hpo = t.user_attrs.get("hpo") if isinstance(t.user_attrs.get("hpo"), dict) else {}
+    out.append({"number": t.number, "state": t.state.name, "host": hpo.get("host"), "pid": hpo.get("pid"),
+                "requeued_from": t.user_attrs.get("hpo_requeued_from"), "reason": t.user_attrs.get("hpo_reason")})
+print(json.dumps(out))
+"""
+
+
+def node(name: str):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+def with_store_env(command: str) -> str:
+    """Run COMMAND (as root) with the workers' store settings from their root-only file."""
+    return f"bash -c {shlex.quote(f'set -a; . {ENV_FILE}; set +a; {command}')}"
+
+
+def trials(study: str) -> list[dict]:
+    host = node(NODES[0])
+    script = shlex.quote(DUMP)
+    result = host.run(with_store_env(f"{VENV}/bin/python -c {script} {study}"))
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def report(study: str) -> str:
+    result = node(NODES[0]).run(with_store_env(f"{VENV}/bin/hpo-worker report --study {study}"))
+    assert result.rc == 0, result.stderr
+    return result.stdout
+
+
+def report_hosts(text: str) -> dict[str, int]:
+    rows = re.findall(r"^(\S+):\s+[\d.]+\s+[\d.]+\s+(\d+)\s*$", text, flags=re.MULTILINE)
+    return {host: int(count) for host, count in rows}
+
+
+def unit(host, study: str) -> dict[str, str]:
+    out = host.check_output(
+        f"systemctl show hpo-worker@{study}.service -p ActiveState,SubState,Result,ExecMainCode,"
+        "ExecMainStatus,MainPID,NRestarts,TimeoutStopUSec"
+    )
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def record(**figures) -> None:
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    data.update(figures)
+    FIGURES.write_text(json.dumps(data, indent=2) + "\n")
+    print("figures:", figures)
+
+
+def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def running_trial_of(host_name: str) -> dict | None:
+    for t in trials(SLOW):
+        if t["state"] == "RUNNING" and t["host"] == host_name:
+            return t
+    return None
+
+
+def test_three_worker_nodes() -> None:
+    assert NODES == ["cluster-1", "cluster-2", "cluster-3"]
+
+
+def test_digits_study_ran_to_its_budget_across_the_cluster() -> None:
+    def finished() -> bool:
+        return all(unit(node(n), DIGITS)["SubState"] == "exited" for n in NODES)
+
+    wait_for("every digits-svc worker to reach the budget and exit", finished, timeout=300, interval=3)
+    for name in NODES:
+        props = unit(node(name), DIGITS)
+        # Budget reached: exit 0; the unit stays active (exited) until stopped.
+        assert (props["ActiveState"], props["Result"], props["ExecMainStatus"]) == ("active", "success", "0"), props
+    text = report(DIGITS)
+    print(text)
+    complete = int(re.search(r"COMPLETE: (\d+)", text).group(1))
+    assert complete >= 60, text
+    assert "RUNNING 0" in text, text
+    assert not any(t["state"] == "RUNNING" for t in trials(DIGITS))
+
+
+def test_report_shows_trials_from_every_host() -> None:
+    def all_hosts() -> dict[str, int] | None:
+        hosts = report_hosts(report(SLOW))
+        return hosts if set(hosts) == set(NODES) else None
+
+    hosts = wait_for("trials of the slow study from every node", all_hosts, timeout=120, interval=3)
+    assert all(count > 0 for count in hosts.values()), hosts
+
+
+def test_systemctl_stop_ends_the_trial_cleanly() -> None:
+    name = "cluster-2"
+    host = node(name)
+    in_flight = wait_for(f"a RUNNING trial on {name}", lambda: running_trial_of(name), timeout=60)
+
+    start = time.monotonic()
+    host.run_test(f"systemctl stop hpo-worker@{SLOW}.service")
+    stop_seconds = time.monotonic() - start
+
+    props = unit(host, SLOW)
+    timeout_stop = props["TimeoutStopUSec"]
+    assert props["ActiveState"] == "inactive", props
+    # Result=success alone would also hold for a process killed by SIGTERM
+    # (systemd counts that as clean); the worker must have *exited* with 0.
+    assert props["Result"] == "success", props
+    assert props["ExecMainCode"] == "1", f"main process did not exit by itself (1 = exited): {props}"
+    assert props["ExecMainStatus"] == "0", props
+    assert stop_seconds < 60, f"stop took {stop_seconds:.1f}s (TimeoutStopSec {timeout_stop})"
+
+    # The trial seen in flight may have finished just before the stop; the
+    # one in flight at the stop is then a later trial of the same host.
+    after = [t for t in trials(SLOW) if t["host"] == name and t["number"] >= in_flight["number"]]
+    every = trials(SLOW)
+    left_running = [t for t in after if t["state"] == "RUNNING"]
+    requeued_from = {t["requeued_from"]: t["reason"] for t in every if t["requeued_from"] is not None}
+    ended = [t for t in after if t["state"] == "FAIL"]
+    record(stop_seconds=round(stop_seconds, 2), running_after_stop=len(left_running),
+           timeout_stop=timeout_stop)
+    assert left_running == [], left_running
+    assert ended, f"no trial of {name} was ended by the stop: {after}"
+    for t in ended:
+        assert requeued_from.get(t["number"]) == "SIGTERM", (t, requeued_from)
+
+    host.run_test(f"systemctl start hpo-worker@{SLOW}.service")
+    assert unit(host, SLOW)["SubState"] == "running"
+
+
+def test_kill_9_trial_is_reaped_and_requeued() -> None:
+    name = "cluster-3"
+    host = node(name)
+    wait_for(f"a RUNNING trial on {name}", lambda: running_trial_of(name), timeout=60)
+    pid = int(unit(host, SLOW)["MainPID"])
+    before = unit(host, SLOW)
+    host.run_test(f"kill -9 {pid}")
+    killed_at = time.monotonic()
+    # processes: 1 for this study, so the unit's main process is the worker;
+    # its trial stays RUNNING until another worker reaps it.
+    victims = [t for t in trials(SLOW) if t["state"] == "RUNNING" and t["pid"] == pid and t["host"] == name]
+    assert len(victims) == 1, f"expected the killed worker's trial RUNNING: {victims}"
+    in_flight = victims[0]
+
+    def reaped() -> list[dict] | None:
+        after = trials(SLOW)
+        mine = next(t for t in after if t["number"] == in_flight["number"])
+        again = [t for t in after if t["requeued_from"] == in_flight["number"]]
+        return again if mine["state"] == "FAIL" and again else None
+
+    again = wait_for(f"trial {in_flight['number']} to be reaped", reaped, timeout=120, interval=0.5)
+    reap_seconds = time.monotonic() - killed_at
+    record(reap_seconds=round(reap_seconds, 2), reap_grace=REAP_GRACE)
+    assert again[0]["reason"] == "heartbeat expired", again
+    # Polling adds a few seconds on top (each probe is an SSH round trip).
+    assert reap_seconds < REAP_GRACE + 15, f"reaped after {reap_seconds:.1f}s, grace {REAP_GRACE}s"
+
+    # systemd saw a failure (SIGKILL) and restarted the worker.
+    def restarted() -> dict | None:
+        props = unit(host, SLOW)
+        return props if props["SubState"] == "running" and int(props["NRestarts"]) > int(before["NRestarts"]) else None
+
+    wait_for(f"systemd to restart the killed worker on {name}", restarted, timeout=60)
