@@ -67,6 +67,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="exit 1 if any test bed node, mount, bridge or NAT rule exists",
     )
+    status.add_argument(
+        "--only",
+        metavar="NAME,...",
+        help="with --check-clean: look only at these clusters (others may be in use)",
+    )
 
     ssh = sub.add_parser("ssh", help="ssh to a node as root (optionally run a command)")
     ssh.add_argument("node")
@@ -129,9 +134,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             return 0
         show_cluster(cluster)
         return 0
+    only = [n for n in (args.only or "").split(",") if n] or None
     for cluster in all_clusters():
-        show_cluster(cluster)
-    left = leftovers()
+        if only is None or cluster.name in only:
+            show_cluster(cluster)
+    left = leftovers(only)
     anything = False
     for kind, items in left.items():
         print(f"{kind}: {len(items)}")
@@ -143,7 +150,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               "'bin/testbed --cluster NAME down' removes them", file=sys.stderr)
         return 1
     if not anything:
-        print("clean: no test bed node, mount, bridge or NAT rule left")
+        scope = f" of {', '.join(only)}" if only else ""
+        print(f"clean: no test bed node, mount, bridge or NAT rule{scope} left")
     return 0
 
 

@@ -104,9 +104,17 @@ class Cluster:
     def up(self, names: list[str], releases: dict[str, str]) -> None:
         for name in names:
             check_name("node", name)
-        unknown = set(releases) - set(names) - set(self.nodes)
+        unknown = set(releases) - set(names)
         if unknown:
-            raise TestbedError(f"--release names nodes not in this cluster: {sorted(unknown)}")
+            raise TestbedError(f"--release names nodes not being started: {sorted(unknown)}")
+        for name, release in releases.items():
+            if release not in RELEASES:
+                raise TestbedError(
+                    f"node {name}: unknown release {release!r} (known: {', '.join(RELEASES)})"
+                )
+        new = [n for n in names if n not in self.nodes]
+        if new:
+            require_free_space(STATE_DIR, NODE_DISK_MIB * len(new), f"{len(new)} new node(s)")
         with file_lock(self.lock_path, f"cluster {self.name}"):
             self._allocate(names, releases)
             network.ensure_bridge(self.index)
@@ -142,16 +150,9 @@ class Cluster:
                 taken = {c.index for c in all_clusters()}
                 self.index = network.pick_index(taken)
                 self.save()
-        new = [n for n in names if n not in self.nodes]
-        if new:
-            require_free_space(STATE_DIR, NODE_DISK_MIB * len(new), f"{len(new)} new node(s)")
         for name in names:
             record = self.nodes.get(name)
             release = releases.get(name, str(record["release"]) if record else DEFAULT_RELEASE)
-            if release not in RELEASES:
-                raise TestbedError(
-                    f"node {name}: unknown release {release!r} (known: {', '.join(RELEASES)})"
-                )
             if record and record["release"] != release:
                 raise TestbedError(
                     f"node {name} exists with release {record['release']}, not {release}; "
@@ -294,17 +295,36 @@ def all_clusters() -> list[Cluster]:
     ]
 
 
-def leftovers() -> dict[str, list[str]]:
-    """Everything of the test bed still present on the host, by kind."""
-    return {
-        "clusters": [c.name for c in all_clusters()],
-        "nodes": [f"pid {pid}: {d}" for pid, d in sorted(nspawn_processes(CLUSTERS_DIR).items())],
-        "mounts": [str(m) for m in mounts_under(CLUSTERS_DIR)],
-        "bridges": network.testbed_bridges(),
-        "nat rules": [f"{table}: {rule}" for table, rule in network.testbed_rules()],
-        "inventories": sorted(str(p) for p in INVENTORY_DIR.glob("*.yml"))
-        if INVENTORY_DIR.exists() else [],
+def leftovers(names: list[str] | None = None) -> dict[str, list[str]]:
+    """What the test bed still has on the host, by kind: all of it, or only
+    what belongs to the clusters `names` (other engineers' clusters may run
+    beside a test on a shared machine)."""
+    if names is None:
+        return {
+            "clusters": [c.name for c in all_clusters()],
+            "nodes": [f"pid {pid}: {d}" for pid, d in sorted(nspawn_processes(CLUSTERS_DIR).items())],
+            "mounts": [str(m) for m in mounts_under(CLUSTERS_DIR)],
+            "bridges": network.testbed_bridges(),
+            "nat rules": [f"{table}: {rule}" for table, rule in network.testbed_rules()],
+            "inventories": sorted(str(p) for p in INVENTORY_DIR.glob("*.yml"))
+            if INVENTORY_DIR.exists() else [],
+        }
+    result: dict[str, list[str]] = {
+        "clusters": [], "nodes": [], "mounts": [], "bridges": [], "nat rules": [], "inventories": [],
     }
+    for name in names:
+        cluster = Cluster(check_name("cluster", name))
+        if cluster.directory.exists():
+            result["clusters"].append(name)
+        result["nodes"] += [
+            f"pid {pid}: {d}" for pid, d in sorted(nspawn_processes(cluster.directory).items())
+        ]
+        result["mounts"] += [str(m) for m in mounts_under(cluster.directory)]
+        result["bridges"] += bridges_of(name)
+        result["nat rules"] += [f"{t}: {r}" for t, r in network.testbed_rules(name)]
+        if cluster.inventory_path.exists():
+            result["inventories"].append(str(cluster.inventory_path))
+    return result
 
 
 def prune_bases() -> list[Path]:

@@ -1,0 +1,192 @@
+"""The test bed itself, on real nodes: idempotent up, cleanup after a killed up,
+a node from another Debian release, and clear errors for bad input.
+
+Needs root, systemd-nspawn and debootstrap (bin/setup installs them). The
+clusters are named tbtest-*; each test removes its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.testbed
+
+REPO = Path(__file__).resolve().parents[2]
+TESTBED = str(REPO / "bin" / "testbed")
+STATE = Path(os.environ.get("HPO_TESTBED_STATE", "/var/lib/hpo-testbed"))
+
+
+def run_testbed(*args: str, check: bool = True, env: dict | None = None, timeout: float = 600):
+    proc = subprocess.run(
+        [TESTBED, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"bin/testbed {' '.join(args)} failed ({proc.returncode}):\n"
+                    f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def on_node(cluster: str, node: str, command: str) -> str:
+    return run_testbed("--cluster", cluster, "ssh", node, command).stdout.strip()
+
+
+def assert_nothing_left(cluster: str) -> None:
+    proc = run_testbed("status", "--check-clean", "--only", cluster, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (STATE / "clusters" / cluster).exists()
+    assert not (REPO / "inventory" / "testbed" / "generated" / f"{cluster}.yml").exists()
+
+
+@pytest.fixture
+def cluster(request):
+    name = request.param
+    run_testbed("--cluster", name, "down")
+    yield name
+    run_testbed("--cluster", name, "down")
+    assert_nothing_left(name)
+
+
+@pytest.mark.parametrize("cluster", ["tbtest-idem"], indirect=True)
+def test_up_twice_is_harmless(cluster):
+    first = run_testbed("--cluster", cluster, "up", "2")
+    inventory = Path(first.stdout.strip().splitlines()[-1])
+    before = inventory.read_text()
+    ids = {n: on_node(cluster, n, "cat /etc/machine-id") for n in (f"{cluster}-1", f"{cluster}-2")}
+    # start time of each node's PID 1: unchanged if the second up left the node alone
+    starts = {n: on_node(cluster, n, "cut -d' ' -f22 /proc/1/stat") for n in ids}
+    assert len(set(ids.values())) == 2, "nodes must not share a machine-id"
+
+    second = run_testbed("--cluster", cluster, "up", "2")
+    assert "booting" not in second.stderr, second.stderr
+    assert second.stderr.count("already running") == 2
+    assert inventory.read_text() == before
+    for node, machine_id in ids.items():
+        assert on_node(cluster, node, "cat /etc/machine-id") == machine_id
+        assert on_node(cluster, node, "systemctl is-system-running") == "running"
+        assert on_node(cluster, node, "cut -d' ' -f22 /proc/1/stat") == starts[node]
+    status = run_testbed("--cluster", cluster, "status").stdout
+    assert status.count("running") == 2
+
+    # the inventory reaches the nodes with Ansible, with cluster_address per host
+    text = inventory.read_text()
+    for node in ids:
+        assert f"        {node}:\n" in text
+    assert text.count("cluster_address: 198.18.") == 2
+    ansible = shutil.which("ansible", path=str(REPO / ".venv" / "bin"))
+    if ansible is None:
+        pytest.fail("ansible not found in .venv: run bin/setup")
+    ping = subprocess.run(
+        [ansible, "-i", str(inventory), "testbed_nodes", "-m", "ansible.builtin.ping"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert ping.stdout.count("SUCCESS") == 2
+
+
+@pytest.mark.parametrize("cluster", ["tbtest-kill"], indirect=True)
+def test_down_after_killed_up(cluster):
+    proc = subprocess.Popen(
+        [TESTBED, "--cluster", cluster, "up", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    nodes_dir = STATE / "clusters" / cluster / "nodes"
+    deadline = time.monotonic() + 120
+    # kill it once the first node booted, while the others are still being made
+    while time.monotonic() < deadline:
+        if (nodes_dir / f"{cluster}-1" / "console.log").exists():
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("up never got to booting a node")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    left = run_testbed("status", "--check-clean", "--only", cluster, check=False)
+    assert left.returncode == 1, "a killed up must have left something to clean"
+    run_testbed("--cluster", cluster, "down")
+    assert_nothing_left(cluster)
+
+
+@pytest.mark.parametrize("cluster", ["tbtest-mix"], indirect=True)
+def test_node_from_another_release(cluster):
+    run_testbed("--cluster", cluster, "up", "old", "new", "--release", "new=trixie", timeout=900)
+    old = on_node(cluster, "old", "python3 -c 'import sys; print(sys.version_info[:3])'")
+    new = on_node(cluster, "new", "python3 -c 'import sys; print(sys.version_info[:3])'")
+    assert old.startswith("(3, 11,"), old
+    assert new.startswith("(3, 13,"), new
+    assert "trixie" in on_node(cluster, "new", "cat /etc/os-release")
+    # both nodes share one bridge: the trixie node reaches the bookworm one
+    state = json.loads((STATE / "clusters" / cluster / "cluster.json").read_text())
+    old_address = f"198.18.{state['index']}.{11 + state['nodes']['old']['slot']}"
+    on_node(cluster, "new", f"ping -c 1 -W 2 {old_address}")
+    # and the package registries through the host's NAT, trusting the host's CAs
+    pip = on_node(cluster, "new", "python3 -m venv /tmp/v && /tmp/v/bin/pip download "
+                  "--no-deps -d /tmp/d six==1.16.0 && ls /tmp/d")
+    assert "six-1.16.0" in pip
+    # a node's release is fixed: asking for another one is refused
+    again = run_testbed("--cluster", cluster, "up", "new", "--release", "new=bookworm", check=False)
+    assert again.returncode == 2 and "exists with release trixie" in again.stderr
+
+
+def test_bad_input_is_refused_before_anything_is_made():
+    cases = [
+        (["--cluster", "tbtest-bad", "up", "0"], "between 1 and 50"),
+        (["--cluster", "tbtest-bad", "up", "a", "--release", "a=sid"], "unknown release 'sid'"),
+        (["--cluster", "tbtest-bad", "up", "a", "--release", "b=trixie"], "not being started"),
+        (["--cluster", "tbtest-bad", "up", "Bad_Name"], "invalid node name"),
+        (["--cluster", "Bad/Name", "up", "1"], "invalid cluster name"),
+        (["--cluster", "tbtest-bad", "ssh", "nowhere"], "no node 'nowhere'"),
+    ]
+    for args, message in cases:
+        proc = run_testbed(*args, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+    assert_nothing_left("tbtest-bad")
+
+
+def test_missing_tools_are_named_with_their_package(tmp_path):
+    # a PATH holding only what bin/testbed itself needs to start
+    for tool in ("python3", "dirname", "readlink"):
+        (tmp_path / tool).symlink_to(shutil.which(tool))
+    env = {**os.environ, "PATH": str(tmp_path)}
+    proc = run_testbed("status", check=False, env=env)
+    assert proc.returncode == 2
+    assert "debootstrap" in proc.stderr and "systemd-container" in proc.stderr
+    assert "bin/setup" in proc.stderr
+
+
+def test_not_root_is_refused():
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        pytest.fail("runuser (util-linux) is needed for this test")
+    proc = subprocess.run(
+        [runuser, "-u", "nobody", "--", "/usr/bin/python3", "-m", "testbed", "status"],
+        capture_output=True, text=True, cwd=REPO, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "needs root" in proc.stderr
+
+
+def test_disk_full_is_reported(tmp_path):
+    # a real, tiny filesystem as the state directory: the base build cannot fit
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    try:
+        env = {**os.environ, "HPO_TESTBED_STATE": str(small)}
+        proc = run_testbed("--cluster", "tbtest-full", "up", "1", check=False, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert "disk full" in proc.stderr and "MiB" in proc.stderr
+        # nothing was created: no bridge, no rule
+        assert run_testbed("status", "--check-clean", "--only", "tbtest-full",
+                       check=False, env=env).returncode == 0
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
