@@ -1,0 +1,196 @@
+"""Verifier of the keydb scenarios (molecule/keydb with the Redis fallback,
+molecule/keydb-packages with real KeyDB packages): replication between all
+nodes, keys written on one node readable on the others, no key lost when the
+third node joined, the password enforced, and the port bound to the cluster
+address and loopback only.
+
+The engine comes from the inventory (keydb_engine). Commands run on the
+nodes with the server's own client; the password travels in REDISCLI_AUTH.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import testinfra
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+RUNNER = AnsibleRunner(INVENTORY)
+NODES = sorted(RUNNER.get_hosts("keydb"))
+testinfra_hosts = [f"ansible://{name}?ansible_inventory={INVENTORY}" for name in NODES]
+
+VARS = {name: RUNNER.get_variables(name) for name in NODES}
+ENGINE = VARS[NODES[0]].get("keydb_engine", "keydb")
+PASSWORD = VARS[NODES[0]]["keydb_password"]
+PORT = int(VARS[NODES[0]].get("keydb_port", 6379))
+CLI = "keydb-cli" if ENGINE == "keydb" else "redis-cli"
+SERVICE = "keydb-server" if ENGINE == "keydb" else "redis-server"
+PRIMARY = NODES[0]  # engine redis: the first host of the group
+INITIAL = VARS[NODES[0]].get("keydb_test_initial_members", [])
+KEYS_PER_WRITER = 100
+
+
+def node(name: str):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+def address(name: str) -> str:
+    return VARS[name]["cluster_address"]
+
+
+def cli(name: str, *args: str, at: str = "127.0.0.1", password: str | None = PASSWORD):
+    """Run the server's client on node `name` against `at`; returns the result."""
+    env = f"REDISCLI_AUTH={shlex.quote(password)} " if password is not None else ""
+    quoted = " ".join(shlex.quote(a) for a in args)
+    return node(name).run(f"{env}{CLI} -h {at} -p {PORT} --no-auth-warning {quoted}")
+
+
+def info_replication(name: str) -> dict:
+    """INFO replication as a dict; repeated fields (one per master with
+    KeyDB multi-master) become lists."""
+    out = cli(name, "INFO", "replication")
+    assert out.rc == 0, out.stderr
+    fields: dict = {}
+    for line in out.stdout.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep:
+            fields.setdefault(key, []).append(value)
+    return fields
+
+
+def wait_for(check, timeout: float = 30.0, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def test_service_enabled_and_running(host) -> None:
+    service = host.service(SERVICE)
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_listens_on_cluster_address_and_loopback_only(host) -> None:
+    name = host.backend.get_hostname()
+    out = host.run(f"ss -Hltn 'sport = :{PORT}'")
+    assert out.rc == 0, out.stderr
+    listeners = sorted(line.split()[3] for line in out.stdout.splitlines() if line.strip())
+    assert listeners == sorted([f"127.0.0.1:{PORT}", f"{address(name)}:{PORT}"]), listeners
+
+
+def test_port_closed_on_other_addresses_of_the_node(host) -> None:
+    """Give the node a second address and try the port there: refused."""
+    extra = f"198.19.254.{NODES.index(host.backend.get_hostname()) + 1}"
+    host.run(f"ip addr add {extra}/32 dev lo")
+    try:
+        probe = cli(host.backend.get_hostname(), "PING", at=extra)
+        assert probe.rc != 0 and "PONG" not in probe.stdout, probe.stdout
+        assert "refused" in (probe.stdout + probe.stderr).lower()
+        v6 = cli(host.backend.get_hostname(), "PING", at="::1")
+        assert "PONG" not in v6.stdout and "refused" in (v6.stdout + v6.stderr).lower()
+        # The same client reaches the bound address.
+        assert cli(host.backend.get_hostname(), "PING", at=address(host.backend.get_hostname())).stdout.strip() == "PONG"
+    finally:
+        host.run(f"ip addr del {extra}/32 dev lo")
+
+
+@pytest.mark.parametrize("password", [None, "wrong-password"], ids=["no-password", "wrong-password"])
+def test_unauthenticated_clients_are_refused_from_a_peer(password) -> None:
+    for target in NODES:
+        peer = next(n for n in NODES if n != target)
+        out = cli(peer, "GET", "anything", at=address(target), password=password)
+        text = out.stdout + out.stderr
+        if password is None:
+            assert "NOAUTH" in text, text
+        else:
+            assert "WRONGPASS" in text or "invalid password" in text, text
+        assert cli(peer, "PING", at=address(target)).stdout.strip() == "PONG"
+
+
+def test_settings_the_cluster_relies_on(host) -> None:
+    name = host.backend.get_hostname()
+    for key, expected in [("maxmemory-policy", "noeviction"), ("protected-mode", "yes"), ("appendonly", "yes")]:
+        out = cli(name, "CONFIG", "GET", key)
+        assert out.stdout.split() == [key, expected]
+
+
+def _slaves(info: dict) -> list[str]:
+    return [v[0] for k, v in info.items() if re.fullmatch(r"slave\d+", k)]
+
+
+def replication_problems() -> dict:
+    """Nodes whose replication is not as the engine's topology requires."""
+    bad = {}
+    for name in NODES:
+        info = info_replication(name)
+        peers = {f"{address(p)}:{PORT}" for p in NODES if p != name}
+        masters = {f"{h}:{p}" for h, p in zip(info.get("master_host", []), info.get("master_port", []))}
+        status = info.get("master_link_status", [])
+        if ENGINE == "keydb":
+            # Every other node is one of this node's masters, every link up.
+            ok = (masters == peers and len(status) == len(peers) and set(status) == {"up"}
+                  and info.get("master_global_link_status") == ["up"])
+        elif name == PRIMARY:
+            online = {f"{m.group(1)}:{m.group(2)}" for v in _slaves(info)
+                      if "state=online" in v and (m := re.search(r"ip=([^,]+),port=(\d+)", v))}
+            ok = info.get("role") == ["master"] and online == peers
+        else:
+            ok = info.get("role") == ["slave"] and masters == {f"{address(PRIMARY)}:{PORT}"} and status == ["up"]
+        if not ok:
+            bad[name] = info
+    return bad
+
+
+def test_every_replication_link_is_up() -> None:
+    wait_for(lambda: not replication_problems(), timeout=30)
+    assert replication_problems() == {}
+
+
+def count_keys(name: str, pattern: str) -> int:
+    out = cli(name, "--scan", "--pattern", pattern)
+    assert out.rc == 0, out.stderr
+    return len(out.stdout.split())
+
+
+def test_keys_written_before_the_join_are_on_every_node() -> None:
+    """Item 'add a KeyDB node': nothing written before keydb-3 joined is lost,
+    and keydb-3 has it too."""
+    assert INITIAL, "the scenario's prepare step defines keydb_test_initial_members"
+    writers = INITIAL if ENGINE == "keydb" else [INITIAL[0]]
+    for name in NODES:
+        for writer in writers:
+            pattern = f"before-join:{writer}:*"
+            wait_for(lambda n=name, p=pattern: count_keys(n, p) == KEYS_PER_WRITER, timeout=20)
+            got = count_keys(name, pattern)
+            assert got == KEYS_PER_WRITER, f"{name}: {got} of {KEYS_PER_WRITER} keys from {writer}"
+
+
+def test_a_write_is_read_back_on_every_other_node() -> None:
+    writers = NODES if ENGINE == "keydb" else [PRIMARY]
+    for writer in writers:
+        key, value = f"verify:{writer}:{uuid.uuid4().hex}", uuid.uuid4().hex
+        assert cli(writer, "SET", key, value).stdout.strip() == "OK"
+        for reader in NODES:
+            if reader == writer:
+                continue
+            got = wait_for(lambda r=reader, k=key, v=value: cli(r, "GET", k).stdout.strip() == v, timeout=15)
+            assert got, f"{key} written on {writer} not readable on {reader}"
+
+
+@pytest.mark.skipif(ENGINE != "redis", reason="KeyDB active replicas accept writes on every node")
+def test_redis_replicas_refuse_writes() -> None:
+    for name in NODES:
+        if name == PRIMARY:
+            continue
+        out = cli(name, "SET", "verify:replica-write", "x")
+        assert "READONLY" in out.stdout + out.stderr
