@@ -124,11 +124,11 @@ def _report(args: argparse.Namespace) -> int:
     import redis
 
     from .report import render, run_report
-    from .store import NoWriter
+    from .store import NoWriter, StoreAuthError
 
     store = _store(args)
     try:
-        store.elect(wait=10)
+        store.elect(wait=10, promote=False)
         reports, elapsed = run_report(store.writer, store.k_journal, args.study)
     except NoWriter as exc:
         print(f"hpo-worker: error: {exc}", file=sys.stderr)
@@ -136,8 +136,8 @@ def _report(args: argparse.Namespace) -> int:
     except KeyError:
         print(f"hpo-worker: error: --study: no study named {args.study!r} in the store", file=sys.stderr)
         return 2
-    except redis.AuthenticationError as exc:
-        print(f"hpo-worker: error: store refused the password (HPO_KEYDB_PASSWORD): {exc}", file=sys.stderr)
+    except (redis.AuthenticationError, StoreAuthError) as exc:
+        print(f"hpo-worker: error: {exc}", file=sys.stderr)
         return 2
     print(render(reports, elapsed))
     return 0

@@ -24,7 +24,7 @@ from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
 from .spec import StudySpec
-from .store import (REAPER_WORKER_ID, FencedJournalBackend, NoWriter, Store, WriterLost)
+from .store import (REAPER_WORKER_ID, FencedJournalBackend, NoWriter, Store, StoreAuthError, WriterLost)
 
 log = logging.getLogger("hpo_worker")
 
@@ -188,6 +188,9 @@ class Worker:
         except NoWriter as exc:
             log.error("%s", exc)
             return 0 if self.stop_event.is_set() else 3
+        except StoreAuthError as exc:
+            log.error("%s", exc)
+            return 2
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="hpo-heartbeat", daemon=True)
         self._hb_thread.start()
         t0 = time.monotonic()

@@ -45,11 +45,18 @@ if cur ~= ARGV[1] then
 end
 """
 
-# KEYS: writer, journal, hb   ARGV: expected, hb_ttl_ms, log...
+# KEYS: writer, journal, hb   ARGV: expected, hb_ttl_ms, read_from, log...
+# Returns {length, entries since read_from...} so the caller needs no second round trip
+# to read back what it (and others, meanwhile) appended; only the length if that backlog is long.
 APPEND = _CHECK + """
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 if ARGV[2] ~= '0' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[2]) end
-return redis.call('LLEN', KEYS[2])
+local n = redis.call('LLEN', KEYS[2])
+local from = tonumber(ARGV[3])
+if from < 0 or n - from > 256 then return {n} end
+local out = redis.call('LRANGE', KEYS[2], from, -1)
+table.insert(out, 1, n)
+return out
 """
 
 # KEYS: writer, hb...   ARGV: expected, ttl_ms
@@ -121,6 +128,10 @@ return 0
 
 class Fenced(RuntimeError):
     """The master refused a write: it is no longer (or not yet) the writer we were told."""
+
+
+class StoreAuthError(RuntimeError):
+    """A master refused our password (or we sent none)."""
 
 
 class NoWriter(RuntimeError):
@@ -214,14 +225,20 @@ class Store:
             rec, role = pipe.execute()
             epoch, named = parse_record(rec)
             return (epoch, named, rec, role[0] if role else "master")
-        except redis.AuthenticationError:
-            raise
+        except redis.AuthenticationError as exc:
+            raise StoreAuthError(f"{endpoint} refused the password (set HPO_KEYDB_PASSWORD): {exc}") from None
+        except redis.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise StoreAuthError(f"{endpoint} refused the password (set HPO_KEYDB_PASSWORD): {exc}") from None
+            log.warning("endpoint %s unreachable: %r", endpoint, exc)
+            return None
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
             log.warning("endpoint %s unreachable: %r", endpoint, exc)
             return None
 
     # ------------------------------------------------------------ election
-    def elect(self, failed: str | None = None, wait: float = 60.0, stop: threading.Event | None = None) -> str:
+    def elect(self, failed: str | None = None, wait: float = 60.0, stop: threading.Event | None = None,
+              promote: bool = True) -> str:
         """Find (or make) the writer. ``failed`` is an endpoint just seen failing.
 
         Returns the writer record. Waits up to ``wait`` seconds for some master.
@@ -230,7 +247,7 @@ class Store:
         delay = 0.2
         while True:
             with self._lock:
-                rec = self._elect_once(failed)
+                rec = self._elect_once(failed) if promote else self._elect_once_adopt_only()
                 if rec:
                     return rec
             if stop is not None and stop.is_set():
@@ -390,6 +407,7 @@ class FencedJournalBackend(BaseJournalBackend):
         self._n_studies = 0
         self._n_trials = 0
         self._tracked = 0
+        self._cache: tuple[int, list[str]] | None = None
 
     def _check_generation(self) -> None:
         if self.store.generation != self.generation:
@@ -397,6 +415,16 @@ class FencedJournalBackend(BaseJournalBackend):
 
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         self._check_generation()
+        cached, self._cache = self._cache, None
+        if cached is not None and cached[0] == log_number_from:
+            # entries returned by our own append script: no round trip
+            for i, raw in enumerate(cached[1]):
+                entry = json.loads(raw)
+                if log_number_from + i >= self._tracked:
+                    self._track(entry)
+                    self._tracked = log_number_from + i + 1
+                yield entry
+            return
         w = self.store.writer
         start = log_number_from
         while True:
@@ -430,8 +458,11 @@ class FencedJournalBackend(BaseJournalBackend):
         self._check_generation()
         worker_id = logs[0]["worker_id"] if logs else ""
         self.my_worker_ids.add(worker_id)
-        self.store.run("append", [self.store.k_journal, self.store.hb_key(worker_id)],
-                       [self.hb_ttl_ms, *(json.dumps(x) for x in logs)])
+        read_from = self._tracked
+        res = self.store.run("append", [self.store.k_journal, self.store.hb_key(worker_id)],
+                             [self.hb_ttl_ms, read_from, *(json.dumps(x) for x in logs)])
+        if len(res) > 1 and int(res[0]) == read_from + len(res) - 1:
+            self._cache = (read_from, res[1:])
 
 
 def iter_journal(client: redis.Redis, key: str, chunk: int = READ_CHUNK) -> Iterable[str]:
