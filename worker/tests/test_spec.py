@@ -137,3 +137,11 @@ def test_validate_cli_exit_codes(tmp_path):
 def test_load_spec_missing_file(tmp_path):
     with pytest.raises(SpecError, match="cannot read the spec file"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_shipped_example_validates_and_imports():
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples"
+    res = subprocess.run([sys.executable, "-m", "hpo_worker", "validate", str(root / "quadratic.yaml"),
+                          "--code-dir", str(root)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "objective toy_objective:quadratic imports" in res.stdout

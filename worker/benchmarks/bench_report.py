@@ -1,0 +1,163 @@
+"""Report time on 8 studies x 8,000 trials.
+
+Writes a journal in Optuna's own entry format (what the workers write: trial
+created RUNNING, 3 params, the hpo user attr with the host, COMPLETE) for 8
+studies x 8,000 trials from 8 hosts, interleaved as a cluster writes them, into
+a redis-server started here. Then times, in one run:
+
+- `hpo-worker report` (CLI, whole process) and its in-process table time;
+- the same table computed the way the user's notes do: Optuna replays the
+  journal (JournalStorage) and the table is built from get_trials().
+
+Both must agree on every count.
+
+    python benchmarks/bench_report.py [--studies 8] [--trials 8000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timedelta, timezone
+import json
+import os
+from pathlib import Path
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from conftest import PASSWORD, RedisProc  # noqa: E402
+
+HOSTS = {"m8": 1.9, "M10": 1.93, "bric": 3.6, "m1": 3.68, "m5": 4.42, "M4": 4.61, "m9": 2.0, "m2": 3.0}
+
+
+def synthesize(client, studies: int, trials: int, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    dist = {"a": json.dumps({"name": "FloatDistribution", "attributes": {"log": False, "step": None, "low": 0.0, "high": 1.0}}),
+            "b": json.dumps({"name": "IntDistribution", "attributes": {"log": False, "step": 1, "low": 0, "high": 100}}),
+            "c": json.dumps({"name": "CategoricalDistribution", "attributes": {"choices": ["x", "y"]}})}
+    entries = []
+    for s in range(studies):
+        entries.append(json.dumps({"op_code": 0, "worker_id": "synth", "study_name": f"study_{s}", "directions": [1]}))
+    t = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    hosts = list(HOSTS)
+    trial_id = 0
+    pipe = client.pipeline(transaction=False)
+    for i in range(trials):
+        for s in range(studies):
+            host = hosts[(i + s) % len(hosts)]
+            wid = f"w-{host}"
+            start = t + timedelta(seconds=i * 0.5)
+            dur = max(0.01, rng.gauss(HOSTS[host], 0.05))
+            entries.append(json.dumps({"op_code": 4, "worker_id": wid, "study_id": s,
+                                       "datetime_start": start.isoformat(timespec="microseconds")}))
+            entries.append(json.dumps({"op_code": 5, "worker_id": wid, "trial_id": trial_id, "param_name": "a",
+                                       "param_value_internal": rng.random(), "distribution": dist["a"]}))
+            entries.append(json.dumps({"op_code": 5, "worker_id": wid, "trial_id": trial_id, "param_name": "b",
+                                       "param_value_internal": rng.randrange(101), "distribution": dist["b"]}))
+            entries.append(json.dumps({"op_code": 5, "worker_id": wid, "trial_id": trial_id, "param_name": "c",
+                                       "param_value_internal": rng.randrange(2), "distribution": dist["c"]}))
+            entries.append(json.dumps({"op_code": 8, "worker_id": wid, "trial_id": trial_id,
+                                       "user_attr": {"hpo": {"host": host, "pid": 1, "token": f"{wid}/{trial_id}"}}}))
+            entries.append(json.dumps({"op_code": 6, "worker_id": wid, "trial_id": trial_id, "state": 1,
+                                       "values": [rng.random()],
+                                       "datetime_complete": (start + timedelta(seconds=dur)).isoformat(timespec="microseconds")}))
+            trial_id += 1
+        if len(entries) > 20_000:
+            pipe.rpush("hpo:journal", *entries)
+            pipe.execute()
+            entries = []
+    if entries:
+        pipe.rpush("hpo:journal", *entries)
+        pipe.execute()
+    client.set("hpo:writer", f"1 127.0.0.1:{client.connection_pool.connection_kwargs['port']}")
+
+
+def optuna_table(endpoint: str) -> tuple[dict, float]:
+    """What the notes do: replay with Optuna, then group get_trials() by host."""
+    import optuna
+    from optuna.storages import JournalStorage
+
+    from hpo_worker.store import FencedJournalBackend, Store
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t0 = time.perf_counter()
+    store = Store([endpoint], password=PASSWORD)
+    store.elect(wait=5, promote=False)
+    storage = JournalStorage(FencedJournalBackend(store, 0))
+    out = {}
+    for fs in storage.get_all_studies():
+        trials = storage.get_all_trials(fs._study_id, deepcopy=False)
+        done = [t for t in trials if t.state.name == "COMPLETE"]
+        per = {}
+        for t in done:
+            per.setdefault(t.user_attrs["hpo"]["host"], []).append(
+                (t.datetime_complete - t.datetime_start).total_seconds())
+        out[fs.study_name] = {"COMPLETE": len(done),
+                              "hosts": {h: (statistics.fmean(v), statistics.median(v), len(v)) for h, v in per.items()}}
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--studies", type=int, default=8)
+    ap.add_argument("--trials", type=int, default=8000)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+
+    from hpo_worker.report import run_report
+    from hpo_worker.store import Store
+
+    tmp = Path(tempfile.mkdtemp(prefix="hpo-bench-report-"))
+    r = RedisProc(tmp, "redis").start()
+    try:
+        t0 = time.perf_counter()
+        synthesize(r.client(), a.studies, a.trials)
+        synth_s = time.perf_counter() - t0
+        n_entries = r.client().llen("hpo:journal")
+
+        store = Store([r.endpoint], password=PASSWORD)
+        store.elect(wait=5, promote=False)
+        reports, table_s = run_report(store.writer, store.k_journal)
+
+        env = dict(os.environ, HPO_KEYDB_PASSWORD=PASSWORD)
+        t0 = time.perf_counter()
+        cli = subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--endpoints", r.endpoint],
+                             env=env, capture_output=True, text=True, timeout=600)
+        cli_s = time.perf_counter() - t0
+        if cli.returncode != 0:
+            raise SystemExit(cli.stderr)
+
+        t0 = time.perf_counter()
+        one = subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--endpoints", r.endpoint,
+                              "--study", "study_3"], env=env, capture_output=True, text=True, timeout=600)
+        one_s = time.perf_counter() - t0
+
+        ref, optuna_s = optuna_table(r.endpoint)
+        for rep in reports:
+            o = ref[rep.name]
+            assert rep.counts["COMPLETE"] == o["COMPLETE"] == a.trials, (rep.name, rep.counts, o["COMPLETE"])
+            for h in rep.hosts:
+                m, med, n = o["hosts"][h.host]
+                assert n == h.count and abs(m - h.mean) < 1e-6 and abs(med - h.median) < 1e-6, (rep.name, h)
+        out = {"studies": a.studies, "trials_per_study": a.trials, "journal_entries": n_entries,
+               "synthesize_s": round(synth_s, 2), "hpo_table_s": round(table_s, 3), "hpo_cli_s": round(cli_s, 3),
+               "hpo_cli_one_study_s": round(one_s, 3), "optuna_replay_table_s": round(optuna_s, 3),
+               "speedup_vs_optuna_replay": round(optuna_s / table_s, 1)}
+        print(cli.stdout.splitlines()[0:6])
+        print("...")
+        print(cli.stdout.splitlines()[-1])
+        print(json.dumps(out, indent=2))
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=2))
+    finally:
+        r.stop()
+
+
+if __name__ == "__main__":
+    main()
