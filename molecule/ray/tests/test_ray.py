@@ -23,6 +23,9 @@ import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 SCENARIO = Path(__file__).resolve().parent.parent
+# Molecule asks for coloured output; the recap is parsed, so turn it off.
+PLAIN_OUTPUT = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PROJECT = SCENARIO.parent.parent
 INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
 RUNNER = AnsibleRunner(INVENTORY)
@@ -126,11 +129,12 @@ def ansible_playbook(*args: str) -> subprocess.CompletedProcess:
     playbook = Path(sys.executable).with_name("ansible-playbook")
     return subprocess.run(
         [str(playbook), "-i", INVENTORY, *args, str(PROJECT / "playbooks" / "ray.yml")],
-        cwd=PROJECT, capture_output=True, text=True, timeout=900, check=False,
+        cwd=PROJECT, env=PLAIN_OUTPUT, capture_output=True, text=True, timeout=900, check=False,
     )
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
+    output = ANSI.sub("", output)
     rows = re.findall(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
                       output, re.M)
     return {h: {"ok": int(o), "changed": int(c), "unreachable": int(u), "failed": int(f)}

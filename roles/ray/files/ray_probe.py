@@ -25,7 +25,7 @@ READ_VERSIONS = (
     "        ray = None\n"
     "except ImportError:\n"
     "    ray = None\n"
-    "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'ray': ray}))\n"
+    "print(json.dumps({'python': '.'.join(map(str, sys.version_info[:3])), 'ray': ray}))\n"
 )
 
 
@@ -40,11 +40,11 @@ def read_versions(venv: str) -> dict:
             found = json.loads(done.stdout)
             found.update(python_path=venv_python, venv=True, venv_error=None)
             return found
-        venv_error = (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]
+        venv_error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     else:
         venv_error = None
     return {
-        "python": "%d.%d.%d" % sys.version_info[:3],
+        "python": ".".join(str(part) for part in sys.version_info[:3]),
         "ray": None,
         "python_path": sys.executable,
         "venv": False,
@@ -61,9 +61,9 @@ def count_gpus() -> dict:
             [smi, "-L"], capture_output=True, text=True, timeout=60, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return {"gpus": 0, "gpu_source": "nvidia-smi failed: %s" % exc}
+        return {"gpus": 0, "gpu_source": f"nvidia-smi failed: {exc}"}
     if done.returncode != 0:
-        return {"gpus": 0, "gpu_source": "nvidia-smi -L exited %d" % done.returncode}
+        return {"gpus": 0, "gpu_source": f"nvidia-smi -L exited {done.returncode}"}
     gpus = sum(1 for line in done.stdout.splitlines() if line.startswith("GPU "))
     return {"gpus": gpus, "gpu_source": "nvidia-smi -L"}
 
