@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-from pathlib import Path
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))

@@ -17,16 +17,16 @@ Both must agree on every count.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timedelta, timezone
 import json
 import os
-from pathlib import Path
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -38,8 +38,10 @@ HOSTS = {"m8": 1.9, "M10": 1.93, "bric": 3.6, "m1": 3.68, "m5": 4.42, "M4": 4.61
 
 def synthesize(client, studies: int, trials: int, seed: int = 7) -> None:
     rng = random.Random(seed)
-    dist = {"a": json.dumps({"name": "FloatDistribution", "attributes": {"log": False, "step": None, "low": 0.0, "high": 1.0}}),
-            "b": json.dumps({"name": "IntDistribution", "attributes": {"log": False, "step": 1, "low": 0, "high": 100}}),
+    float_attrs = {"log": False, "step": None, "low": 0.0, "high": 1.0}
+    dist = {"a": json.dumps({"name": "FloatDistribution", "attributes": float_attrs}),
+            "b": json.dumps({"name": "IntDistribution",
+                             "attributes": {"log": False, "step": 1, "low": 0, "high": 100}}),
             "c": json.dumps({"name": "CategoricalDistribution", "attributes": {"choices": ["x", "y"]}})}
     entries = []
     for s in range(studies):
@@ -64,9 +66,9 @@ def synthesize(client, studies: int, trials: int, seed: int = 7) -> None:
                                        "param_value_internal": rng.randrange(2), "distribution": dist["c"]}))
             entries.append(json.dumps({"op_code": 8, "worker_id": wid, "trial_id": trial_id,
                                        "user_attr": {"hpo": {"host": host, "pid": 1, "token": f"{wid}/{trial_id}"}}}))
+            end = (start + timedelta(seconds=dur)).isoformat(timespec="microseconds")
             entries.append(json.dumps({"op_code": 6, "worker_id": wid, "trial_id": trial_id, "state": 1,
-                                       "values": [rng.random()],
-                                       "datetime_complete": (start + timedelta(seconds=dur)).isoformat(timespec="microseconds")}))
+                                       "values": [rng.random()], "datetime_complete": end}))
             trial_id += 1
         if len(entries) > 20_000:
             pipe.rpush("hpo:journal", *entries)
@@ -81,9 +83,8 @@ def synthesize(client, studies: int, trials: int, seed: int = 7) -> None:
 def optuna_table(endpoint: str) -> tuple[dict, float]:
     """What the notes do: replay with Optuna, then group get_trials() by host."""
     import optuna
-    from optuna.storages import JournalStorage
-
     from hpo_worker.store import FencedJournalBackend, Store
+    from optuna.storages import JournalStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
@@ -134,7 +135,7 @@ def main() -> None:
             raise SystemExit(cli.stderr)
 
         t0 = time.perf_counter()
-        one = subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--endpoints", r.endpoint,
+        subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--endpoints", r.endpoint,
                               "--study", "study_3"], env=env, capture_output=True, text=True, timeout=600)
         one_s = time.perf_counter() - t0
 

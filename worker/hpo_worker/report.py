@@ -8,13 +8,13 @@ guard) count as COMPLETE but not as evaluations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
 import json
 import statistics
 import time
-from typing import Any, Iterable
-
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 # optuna.trial.TrialState: RUNNING=0, COMPLETE=1, PRUNED=2, FAIL=3, WAITING=4
 S_RUNNING, S_COMPLETE, S_PRUNED, S_FAIL, S_WAITING = 0, 1, 2, 3, 4

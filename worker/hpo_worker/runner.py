@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+import importlib
 import inspect
 import json
 import logging
@@ -14,9 +13,10 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
 import uuid
-import importlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
 
 import optuna
 from optuna.distributions import distribution_to_json
@@ -24,7 +24,7 @@ from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
 from .spec import StudySpec
-from .store import (REAPER_WORKER_ID, FencedJournalBackend, NoWriter, Store, StoreAuthError, WriterLost)
+from .store import REAPER_WORKER_ID, FencedJournalBackend, NoWriter, Store, StoreAuthError, WriterLost
 
 log = logging.getLogger("hpo_worker")
 
@@ -162,7 +162,8 @@ class Worker:
             backend = self.backend
             try:
                 if backend is not None and backend.generation == self.store.generation and backend.my_worker_ids:
-                    self.store.run("hb", [self.store.hb_key(w) for w in backend.my_worker_ids], [self.hb_ttl_ms])
+                    ids = list(backend.my_worker_ids)
+                    self.store.run("hb", [self.store.hb_key(w) for w in ids], [self.hb_ttl_ms])
                 newer = self.store.fence_stale_masters() if n % 2 == 0 else None
                 if newer:
                     log.warning("a master with a newer writer record exists: %s", newer)
@@ -194,6 +195,7 @@ class Worker:
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="hpo-heartbeat", daemon=True)
         self._hb_thread.start()
         t0 = time.monotonic()
+        errors = 0
         try:
             while not self.stop_event.is_set() and not self.stop_after_trial:
                 if self.spec.timeout is not None and time.monotonic() - t0 >= self.spec.timeout:
@@ -204,8 +206,22 @@ class Worker:
                         break
                     self.reap_expired()
                     self.one_trial()
+                    errors = 0
                 except (*WriterLost, WriterMoved) as exc:
                     self.recover(exc)
+                except Exception:  # noqa: BLE001 - keep serving; give up after a run of failures
+                    errors += 1
+                    log.error("unexpected error (%d in a row):\n%s", errors, traceback.format_exc())
+                    if self.inflight is not None:
+                        try:
+                            self.end_and_requeue(self.inflight, "worker error")
+                        except Exception:  # noqa: BLE001 - the reaper will end it
+                            log.exception("could not end the trial in flight; it will be reaped")
+                        self.inflight = None
+                    if errors >= 10:
+                        log.error("giving up after %d errors in a row", errors)
+                        return 1
+                    self.stop_event.wait(min(30.0, 0.5 * 2 ** errors))
         except NoWriter as exc:
             log.error("%s", exc)
             if not self.stop_event.is_set():
@@ -338,7 +354,8 @@ class Worker:
         return json.dumps({
             "op_code": 4, "worker_id": REAPER_WORKER_ID, "study_id": self.study._study_id,
             "datetime_start": datetime.fromtimestamp(inf.started, tz=timezone.utc).isoformat(timespec="microseconds"),
-            "datetime_complete": _now_iso(), "state": int(TrialState.COMPLETE), "value": None if len(inf.values) > 1 else inf.values[0],
+            "datetime_complete": _now_iso(), "state": int(TrialState.COMPLETE),
+            "value": None if len(inf.values) > 1 else inf.values[0],
             "values": inf.values if len(inf.values) > 1 else None,
             "distributions": {k: distribution_to_json(d) for k, d in dists.items()},
             "params": {k: dists[k].to_internal_repr(v) for k, v in inf.params.items()},
@@ -388,7 +405,8 @@ class Worker:
             params = t.system_attrs.get("fixed_params") or t.params
             logs = [self._fail_log(t._trial_id)]
             if len(params) == len(self.spec.space):
-                logs.append(self._requeue_log(params, {"hpo_requeued_from": t.number, "hpo_reason": "heartbeat expired"}))
+                logs.append(self._requeue_log(params, {"hpo_requeued_from": t.number,
+                                                       "hpo_reason": "heartbeat expired"}))
             fp = self.spec.fingerprint(params) if len(params) == len(self.spec.space) else ""
             done = self.store.run("end", [self.store.k_journal, self.store.claims_key(self.spec.name),
                                           self._marker(t._trial_id, f"{owner}/{t._trial_id}"),

@@ -6,22 +6,22 @@ Every error names the file and the field (dotted path), e.g.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from decimal import Decimal
 import json
 import math
-from pathlib import Path
 import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
 )
-import yaml
 
 SAMPLERS = ("tpe", "nsga3", "grid", "random")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -56,7 +56,7 @@ class Param:
             return list(self.choices)
         if self.kind == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
-        low, step, high = Decimal(repr(float(self.low))), Decimal(repr(float(self.step))), Decimal(repr(float(self.high)))
+        low, step, high = (Decimal(repr(float(x))) for x in (self.low, self.step, self.high))
         count = int((high - low) // step) + 1
         return [float(low + step * i) for i in range(count)]
 
@@ -225,7 +225,8 @@ def parse_spec(data: Any, path: str = "<spec>") -> StudySpec:
     hb_interval = c.number(worker, "heartbeat_interval", "worker", required=False, positive=True) or 2.0
     hb_ttl = c.number(worker, "heartbeat_ttl", "worker", required=False, positive=True) or 5.0 * hb_interval
     if hb_ttl < 2 * hb_interval:
-        raise c.fail("worker.heartbeat_ttl", f"must be at least twice heartbeat_interval ({2 * hb_interval}), got {hb_ttl}")
+        raise c.fail("worker.heartbeat_ttl",
+                     f"must be at least twice heartbeat_interval ({2 * hb_interval}), got {hb_ttl}")
 
     return StudySpec(path=path, name=name, directions=tuple(raw_dirs), sampler=sampler, space=space,
                      objective=objective, n_trials=n_trials, timeout=timeout,
@@ -274,9 +275,11 @@ def _parse_space(c: _Checker, raw: Any) -> tuple[Param, ...]:
         if step is not None and kind == "float":
             span = (Decimal(repr(float(high))) - Decimal(repr(float(low)))) / Decimal(repr(float(step)))
             if span != span.to_integral_value():
-                raise c.fail(f"{where}.step", f"(high - low) must be a multiple of step: ({high} - {low}) / {step} = {span}")
+                raise c.fail(f"{where}.step",
+                             f"(high - low) must be a multiple of step: ({high} - {low}) / {step} = {span}")
         if step is not None and kind == "int" and (high - low) % step:
-            raise c.fail(f"{where}.step", f"(high - low) must be a multiple of step, got ({high} - {low}) % {step} != 0")
+            raise c.fail(f"{where}.step",
+                         f"(high - low) must be a multiple of step, got ({high} - {low}) % {step} != 0")
         out.append(Param(pname, kind, low=low, high=high, step=step, log=log))
     return tuple(out)
 
@@ -316,7 +319,8 @@ def _parse_sampler(c: _Checker, raw: Any, space: tuple[Param, ...], n_objectives
             if p.kind == "float" and p.step is None:
                 raise c.fail(f"space.{p.name}.step", "a grid needs a step on every float parameter")
             if p.log and p.kind == "int":
-                raise c.fail(f"space.{p.name}.log", "a grid axis cannot be logarithmic; list the points as a categorical")
+                raise c.fail(f"space.{p.name}.log",
+                             "a grid axis cannot be logarithmic; list the points as a categorical")
         total = math.prod(len(p.grid_points()) for p in space)
         if total > GRID_MAX_POINTS:
             raise c.fail("space", f"the grid has {total} points, more than {GRID_MAX_POINTS}")

@@ -18,17 +18,17 @@ replica), and every worker converges on the highest epoch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 import json
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
+from optuna.storages.journal import BaseJournalBackend
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from optuna.storages.journal import BaseJournalBackend
 
 log = logging.getLogger("hpo_worker.store")
 
@@ -232,7 +232,7 @@ class Store:
                 raise StoreAuthError(f"{endpoint} refused the password (set HPO_KEYDB_PASSWORD): {exc}") from None
             log.warning("endpoint %s unreachable: %r", endpoint, exc)
             return None
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("endpoint %s unreachable: %r", endpoint, exc)
             return None
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 class RedisProc:
-    def __init__(self, workdir: Path, name: str, replicaof: "RedisProc | None" = None,
+    def __init__(self, workdir: Path, name: str, replicaof: RedisProc | None = None,
                  persist: bool = False) -> None:
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ class RedisProc:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, replicaof: "RedisProc | None | bool" = True) -> "RedisProc":
+    def start(self, replicaof: RedisProc | None | bool = True) -> RedisProc:
         if replicaof is True:
             replicaof = self.replicaof
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
@@ -60,9 +60,9 @@ class RedisProc:
             try:
                 if self.client().ping():
                     break
-            except (redis.ConnectionError, redis.BusyLoadingError):
+            except (redis.ConnectionError, redis.BusyLoadingError) as exc:
                 if time.time() > deadline:
-                    raise RuntimeError(f"redis-server on {self.port} did not start; see {self.dir}/redis.log")
+                    raise RuntimeError(f"redis-server on {self.port} did not start; see {self.dir}/redis.log") from exc
                 time.sleep(0.05)
         if replicaof:
             deadline = time.time() + 10
@@ -140,9 +140,9 @@ def read_evals(path: Path) -> list[dict]:
 
 def load_trials(endpoint: str, study: str):
     """Trials as Optuna replays them from the writer's journal (a fresh reader)."""
+    import optuna
     from hpo_worker.store import FencedJournalBackend, Store
     from optuna.storages import JournalStorage
-    import optuna
 
     store = Store([endpoint], password=PASSWORD)
     store.elect(wait=5)

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import yaml
-
 from hpo_worker.spec import SpecError, load_spec, params_fingerprint, parse_spec
 
 BASE = {
