@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
+PROJECT = Path(__file__).resolve().parents[3]
 INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
 RUNNER = AnsibleRunner(INVENTORY)
 NODES = sorted(RUNNER.get_hosts("keydb"))
@@ -194,3 +197,64 @@ def test_redis_replicas_refuse_writes() -> None:
             continue
         out = cli(name, "SET", "verify:replica-write", "x")
         assert "READONLY" in out.stdout + out.stderr
+
+
+def test_adding_a_node_restarts_only_what_must_change() -> None:
+    """Redis: a new replica needs no change on the primary or the other
+    replicas, so their servers keep running (same run_id as before the join).
+    KeyDB: every existing peer needs the new replicaof line, so each was
+    restarted once (new run_id) and still has its data (checked above)."""
+    for name in INITIAL:
+        before = node(name).file("/root/keydb-test-run-id-before-join").content_string.strip()
+        now = re.search(r"run_id:([0-9a-f]+)", cli(name, "INFO", "server").stdout).group(1)
+        assert len(before) == 40, f"{name}: no run_id recorded before the join"
+        if ENGINE == "redis":
+            assert now == before, f"{name} was restarted although nothing changed for it"
+        else:
+            assert now != before, f"{name} did not pick up the new peer"
+
+
+def ansible_playbook(*args: str) -> subprocess.CompletedProcess:
+    playbook = Path(sys.executable).with_name("ansible-playbook")
+    return subprocess.run(
+        [str(playbook), "-i", INVENTORY, *args, str(PROJECT / "playbooks" / "keydb.yml")],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600, check=False,
+    )
+
+
+@pytest.mark.skipif(ENGINE != "redis", reason="failover by promotion concerns the Redis fallback only")
+def test_failover_drill_promoted_replica_is_not_demoted_by_a_rerun() -> None:
+    """What the worker does when the Redis primary dies (REPLICAOF NO ONE on
+    the next host), then what the operator does (docs/keydb.md): a re-run
+    with the old keydb_redis_primary is refused, a re-run naming the promoted
+    host makes the others its replicas, and nothing written after the
+    failover is lost. Runs last: it changes the primary."""
+    promoted = NODES[1]
+    assert cli(promoted, "REPLICAOF", "NO", "ONE").stdout.strip() == "OK"
+    key, value = "after-failover", uuid.uuid4().hex
+    assert cli(promoted, "SET", key, value).stdout.strip() == "OK"
+
+    refused = ansible_playbook()
+    assert refused.returncode != 0
+    out = refused.stdout + refused.stderr
+    assert f"host(s) {promoted} run as the Redis primary since a failover" in out, out[-3000:]
+    assert f"Set keydb_redis_primary: {promoted}" in out
+    assert cli(promoted, "GET", key).stdout.strip() == value, "the refused run changed the promoted primary"
+
+    moved = ansible_playbook("-e", f"keydb_redis_primary={promoted}")
+    assert moved.returncode == 0, (moved.stdout + moved.stderr)[-3000:]
+
+    def follow_promoted() -> bool:
+        for name in NODES:
+            info = info_replication(name)
+            if name == promoted:
+                if info.get("role") != ["master"]:
+                    return False
+            elif info.get("master_host") != [address(promoted)] or info.get("master_link_status") != ["up"]:
+                return False
+        return True
+
+    assert wait_for(follow_promoted, timeout=30), {n: info_replication(n) for n in NODES}
+    for name in NODES:
+        assert wait_for(lambda n=name: cli(n, "GET", key).stdout.strip() == value, timeout=15), name
+        assert count_keys(name, f"before-join:{INITIAL[0]}:*") == KEYS_PER_WRITER, name
