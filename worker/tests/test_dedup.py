@@ -59,3 +59,14 @@ def test_claim_is_atomic_under_simultaneous_draws(servers):
     winners = [i for i, got in results if got is None]
     assert len(winners) == 1
     assert all(json.loads(got)["owner"] == f"w{winners[0]}" for _, got in results if got is not None)
+
+
+def test_objective_gets_the_trial_when_it_asks(servers, tmp_path):
+    r = servers("o")
+    spec = write_spec(tmp_path / "s.yaml", name="withtrial", objective="objectives:with_trial",
+                      budget={"n_trials": 3})
+    p = start_worker(spec, [r.endpoint], worker_env(tmp_path / "e.jsonl"), log=tmp_path / "w.log")
+    assert p.wait(60) == 0, (tmp_path / "w.log").read_text()[-2000:]
+    done = [t for t in load_trials(r.endpoint, "withtrial") if t.state.name == "COMPLETE"]
+    evaluated = [t for t in done if "reused_from" not in t.user_attrs["hpo"]]
+    assert evaluated and all(t.user_attrs["seen_number"] == t.number for t in evaluated)
