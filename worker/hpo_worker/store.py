@@ -6,7 +6,7 @@ Keys (``NS`` defaults to ``hpo``), all on the writer master:
 - ``NS:journal``       a list, one JSON Optuna journal entry per element.
 - ``NS:hb:WORKER_ID``  heartbeat of one Optuna worker id, with a TTL.
 - ``NS:claims:STUDY``  hash: params fingerprint -> JSON claim (RUNNING/COMPLETE).
-- ``NS:ended:...``     one-shot markers so a trial is ended by one party only.
+- ``NS:ended:...``     one-shot markers so a trial is ended by one party only (kept 14 days).
 
 Every write is a Lua script that first checks ``NS:writer`` equals the record the
 caller was elected under; if not, the script writes nothing and answers
@@ -90,7 +90,7 @@ return 1
 # ARGV: expected, fingerprint ('' = none), owner_token, new_claim ('' = delete), log...
 END_TRIAL = _CHECK + """
 if KEYS[5] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
-if not redis.call('SET', KEYS[4], '1', 'NX') then return 0 end
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', 1209600) then return 0 end
 if ARGV[2] ~= '' then
   local cur = redis.call('HGET', KEYS[3], ARGV[2])
   local mine = true
