@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from testbed.errors import TestbedError
-from testbed.host import STATE_DIR, file_lock, log, require_free_space, run
+from testbed.host import STATE_DIR, file_lock, log, mounts_under, require_free_space, run
 
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -86,6 +86,11 @@ def _build(release: str, target: Path) -> None:
     scratch = target.with_name(target.name + ".building")
     if scratch.exists():
         log(f"removing an unfinished base build in {scratch}")
+        # a killed debootstrap can leave /proc or /sys mounted inside it
+        for mount_point in mounts_under(scratch):
+            run(["umount", "--lazy", str(mount_point)])
+        if mounts_under(scratch):
+            raise TestbedError(f"cannot unmount everything below {scratch}; remove it by hand")
         shutil.rmtree(scratch)
     scratch.parent.mkdir(parents=True, exist_ok=True)
     log(f"building the {release} base image with debootstrap (takes minutes, once)")

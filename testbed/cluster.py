@@ -26,6 +26,7 @@ from testbed.host import (
     log,
     mounts_under,
     nspawn_processes,
+    raise_kernel_limits,
     require_free_space,
     run,
     ssh_key_path,
@@ -121,6 +122,7 @@ class Cluster:
             run(["ip", "link", "set", "dev", network.bridge_name(self.index),
                  "alias", f"{network.RULE_COMMENT_PREFIX}{self.name}"])
             network.ensure_nat(self.name, self.index)
+            raise_kernel_limits()
             public_key = ssh_key_path().with_suffix(".pub").read_text()
             hosts = {n: self.node(n).address for n in self.nodes}
             started = []

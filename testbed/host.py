@@ -119,6 +119,26 @@ def file_lock(path: Path, what: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+#: Host kernel limits that many containers share: every node's systemd (and
+#: each SSH login's user manager) takes inotify instances from root's budget,
+#: and the default of 128 runs out at about a dozen nodes ("Too many open files",
+#: user@0.service fails, the node turns "degraded").
+KERNEL_MINIMUMS = {
+    "fs/inotify/max_user_instances": 8192,
+    "fs/inotify/max_user_watches": 524288,
+}
+
+
+def raise_kernel_limits() -> None:
+    """Raise host limits the nodes share (only ever upwards)."""
+    for key, minimum in KERNEL_MINIMUMS.items():
+        path = Path("/proc/sys") / key
+        current = int(path.read_text().split()[0])
+        if current < minimum:
+            path.write_text(f"{minimum}\n")
+            log(f"raised {key.replace('/', '.')} from {current} to {minimum} for the nodes")
+
+
 def ssh_key_path() -> Path:
     """The private key for root on every node; created on first use."""
     key = STATE_DIR / "ssh" / "id_ed25519"

@@ -79,6 +79,9 @@ class Node:
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
         lines += [f"{addr}\t{name}" for name, addr in sorted(hosts.items())]
         (etc / "hosts").write_text("# written by hpo-testbed\n" + "\n".join(lines) + "\n")
+        locale = etc / "default" / "locale"
+        if not locale.exists():  # pam_env warns at every login without it
+            locale.write_text("LANG=C.UTF-8\n")
         (etc / "pip.conf").write_text(
             "# written by hpo-testbed: one download cache shared by all test nodes\n"
             "[global]\n"

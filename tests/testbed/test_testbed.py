@@ -38,6 +38,17 @@ def on_node(cluster: str, node: str, command: str) -> str:
     return run_testbed("--cluster", cluster, "ssh", node, command).stdout.strip()
 
 
+def assert_running(cluster: str, node: str) -> None:
+    """systemd in the node says 'running'; otherwise show why (failed units, errors)."""
+    state = run_testbed("--cluster", cluster, "ssh", node, "systemctl is-system-running",
+                        check=False).stdout.strip()
+    if state != "running":
+        why = run_testbed("--cluster", cluster, "ssh", node,
+                          "systemctl --failed --no-pager; journalctl -b -p warning --no-pager | tail -40",
+                          check=False).stdout
+        pytest.fail(f"{node}: systemd is {state!r}\n{why}")
+
+
 def assert_nothing_left(cluster: str) -> None:
     proc = run_testbed("status", "--check-clean", "--only", cluster, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -70,7 +81,7 @@ def test_up_twice_is_harmless(cluster):
     assert inventory.read_text() == before
     for node, machine_id in ids.items():
         assert on_node(cluster, node, "cat /etc/machine-id") == machine_id
-        assert on_node(cluster, node, "systemctl is-system-running") == "running"
+        assert_running(cluster, node)
         assert on_node(cluster, node, "cut -d' ' -f22 /proc/1/stat") == starts[node]
     status = run_testbed("--cluster", cluster, "status").stdout
     assert status.count("running") == 2
@@ -131,6 +142,10 @@ def test_node_from_another_release(cluster):
     pip = on_node(cluster, "new", "python3 -m venv /tmp/v && /tmp/v/bin/pip download "
                   "--no-deps -d /tmp/d six==1.16.0 && ls /tmp/d")
     assert "six-1.16.0" in pip
+    # pip in the node used the host-side cache shared by all nodes (/etc/pip.conf)
+    assert "/var/cache/hpo-testbed/pip" in on_node(cluster, "new", "/tmp/v/bin/pip cache dir")
+    cached = [p for p in (STATE / "pip-cache").rglob("*") if p.is_file()]
+    assert cached, "the host's pip cache stayed empty"
     # a node's release is fixed: asking for another one is refused
     again = run_testbed("--cluster", cluster, "up", "new", "--release", "new=bookworm", check=False)
     assert again.returncode == 2 and "exists with release trixie" in again.stderr
