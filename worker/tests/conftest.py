@@ -110,6 +110,8 @@ def write_spec(path: Path, **overrides) -> Path:
         "worker": {"heartbeat_interval": 0.3, "heartbeat_ttl": 1.5},
     }
     spec.update(overrides)
+    if spec.get("direction") is None:
+        spec.pop("direction")
     if spec["sampler"].get("seed", 0) is None:
         spec["sampler"].pop("seed")
     path.write_text(yaml.safe_dump(spec))

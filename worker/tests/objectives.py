@@ -31,3 +31,9 @@ def with_trial(params, trial):
 
 def empty(params):
     return 0.0
+
+
+def two(params):
+    """Two objectives, for multi-objective studies."""
+    record(params)
+    return [float(params["x"]), float(params["y"])]

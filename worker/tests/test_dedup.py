@@ -2,6 +2,8 @@
 
 import collections
 import json
+import subprocess
+import sys
 import threading
 
 from conftest import PASSWORD, load_trials, read_evals, start_worker, worker_env, write_spec
@@ -37,6 +39,20 @@ def test_eight_workers_fifty_points_each_evaluated_once(servers, tmp_path):
         assert orig.params == t.params and orig.value == t.value
         assert t.user_attrs["hpo"]["reused_host"] == "h1"
 
+    # the report agrees with the store
+    rep = subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--study", "dedup", "--endpoints", r.endpoint],
+                         env=worker_env(evals), capture_output=True, text=True, timeout=60)
+    assert rep.returncode == 0, rep.stderr
+    lines = rep.stdout.splitlines()
+    assert lines[0].endswith(" dedup")
+    assert lines[1].startswith(f"COMPLETE: {states['COMPLETE']}  (evaluated {len(started)}, reused {len(reused)};")
+    host = [ln.split() for ln in lines if ln.startswith("h1:")]
+    assert len(host) == 1 and int(host[0][3]) == len(started)
+    assert lines[-1].startswith("report took ")
+    bad = subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--study", "nope", "--endpoints", r.endpoint],
+                         env=worker_env(evals), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no study named 'nope'" in bad.stderr
+
 
 def test_claim_is_atomic_under_simultaneous_draws(servers):
     """32 threads claim the same fingerprint at the same instant: exactly one wins."""
@@ -70,3 +86,19 @@ def test_objective_gets_the_trial_when_it_asks(servers, tmp_path):
     done = [t for t in load_trials(r.endpoint, "withtrial") if t.state.name == "COMPLETE"]
     evaluated = [t for t in done if "reused_from" not in t.user_attrs["hpo"]]
     assert evaluated and all(t.user_attrs["seen_number"] == t.number for t in evaluated)
+
+
+def test_multi_objective_nsga3_values_reused(servers, tmp_path):
+    r = servers("mo")
+    spec = write_spec(tmp_path / "s.yaml", name="mo", objective="objectives:two", direction=None,
+                      directions=["minimize", "maximize"], sampler={"type": "nsga3", "population_size": 4},
+                      space={"x": {"type": "int", "low": 0, "high": 2}, "y": {"type": "int", "low": 0, "high": 1}},
+                      budget={"n_trials": 15})
+    evals = tmp_path / "e.jsonl"
+    p = start_worker(spec, [r.endpoint], worker_env(evals), processes=2, log=tmp_path / "w.log")
+    assert p.wait(120) == 0, (tmp_path / "w.log").read_text()[-2000:]
+    done = [t for t in load_trials(r.endpoint, "mo") if t.state.name == "COMPLETE"]
+    assert len(done) >= 15
+    assert all(t.values == [float(t.params["x"]), float(t.params["y"])] for t in done)
+    started = [e for e in read_evals(evals) if e["phase"] == "start"]
+    assert len(started) == len({json.dumps(e["params"], sort_keys=True) for e in started}) <= 6

@@ -6,6 +6,7 @@ returns (with its old data, as a master) it must not become a second writer.
 """
 
 import collections
+import json
 import time
 
 from conftest import load_trials, read_evals, start_worker, worker_env, write_spec
@@ -80,3 +81,37 @@ def test_writer_killed_workers_follow_standby_old_writer_fenced(servers, tmp_pat
     late_log = (tmp_path / "late.log").read_text()
     assert f"writer: 2 {m2.endpoint}" in late_log and "writer: 1 " not in late_log, late_log[-2000:]
     print(f"states after failover: {dict(states)}")
+
+
+def test_write_under_a_stale_record_is_refused(servers):
+    """The fencing check inside every write script: an old record writes nothing."""
+    from conftest import PASSWORD
+    from hpo_worker.store import Fenced, Store
+
+    m1 = servers("m")
+    m2 = servers("s", replicaof=m1)
+    # endpoints listed replica first: a fresh group still starts on the primary
+    stale = Store([m2.endpoint, m1.endpoint], password=PASSWORD)
+    assert stale.elect(wait=5) == f"1 {m1.endpoint}"
+    assert m2.client().info("replication")["role"] == "slave", "no replica promoted while the primary lives"
+    fresh = Store([m2.endpoint, m1.endpoint], password=PASSWORD)
+    fresh.elect(wait=5)
+    # the primary dies; a second store promotes the replica; then the primary returns
+    m1.kill()
+    fresh.elect(failed=m1.endpoint, wait=10)
+    assert fresh.record == f"2 {m2.endpoint}"
+    m1.start(replicaof=None)
+    # the stale store still holds "1 m1" and its client points at m1, which answers again:
+    # before fencing, m1 would accept it; fence_stale_masters writes the new record onto m1
+    before = m1.client().get("hpo:writer")
+    fresh.fence_stale_masters()
+    assert m1.client().get("hpo:writer") == f"2 {m2.endpoint}" != before
+    try:
+        stale.run("claim", [stale.claims_key("x")], ["fp", json.dumps({"owner": "stale", "state": "RUNNING"})])
+    except Fenced as exc:
+        assert "HPOFENCED" in str(exc)
+    else:
+        raise AssertionError("a write under a stale record was accepted")
+    assert m1.client().hgetall("hpo:claims:x") == {} and m2.client().hgetall("hpo:claims:x") == {}
+    # the stale store re-elects and lands on the new writer, never on the returned master
+    assert stale.elect(wait=10) == f"2 {m2.endpoint}"
