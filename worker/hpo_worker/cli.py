@@ -144,20 +144,30 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import Worker, default_host, load_objective, run_processes
+    from .runner import Worker, default_host, find_objective, load_objective, run_processes
 
     spec = load_spec(args.spec)
     if args.processes < 1:
         raise ValueError(f"--processes: must be >= 1, got {args.processes}")
-    try:
-        objective = load_objective(spec.objective, args.code_dir)
-    except ValueError as exc:
-        raise SpecError(f"{args.spec}: {exc}") from None
     _store(args)  # validate endpoints before forking
     host = args.host_label or default_host()
+    if args.processes == 1:
+        try:
+            objective = load_objective(spec.objective, args.code_dir)
+        except ValueError as exc:
+            raise SpecError(f"{args.spec}: {exc}") from None
+    else:
+        # Import the objective in each child, not in the parent: code that starts
+        # threads or a GPU context at import time must not be forked.
+        objective = None
+        try:
+            find_objective(spec.objective, args.code_dir)
+        except ValueError as exc:
+            raise SpecError(f"{args.spec}: {exc}") from None
 
     def make() -> Worker:
-        return Worker(spec, _store(args), host, objective)
+        fn = objective if objective is not None else load_objective(spec.objective, args.code_dir)
+        return Worker(spec, _store(args), host, fn)
 
     return run_processes(make, args.processes)
 

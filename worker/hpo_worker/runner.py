@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -57,6 +58,24 @@ def load_objective(ref: str, code_dir: str | None = None) -> Callable[..., Any]:
     if not callable(fn):
         raise ObjectiveError(f"objective: {mod_name!r} has no function {fn_name!r}")
     return fn
+
+
+def find_objective(ref: str, code_dir: str | None = None) -> None:
+    """Check the objective's module can be found, without importing (running) it."""
+    if code_dir:
+        path = os.path.abspath(code_dir)
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    mod_name = ref.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(mod_name)
+    except (ImportError, ValueError) as exc:
+        found = None
+        detail = f": {exc!r}"
+    else:
+        detail = ""
+    if found is None:
+        raise ObjectiveError(f"objective: cannot find module {mod_name!r}{detail} (is --code-dir / HPO_CODE_DIR set?)")
 
 
 def wants_trial(fn: Callable[..., Any]) -> bool:
