@@ -278,6 +278,8 @@ class Store:
         # Nobody holds the highest record yet. If the writer it names still answers,
         # its record is only late on this probe: look again instead of promoting.
         named = next((reachable[ep][1] for ep in top if reachable[ep][1]), "")
+        if not named and self.record and self.writer_endpoint not in reachable:
+            named = self.writer_endpoint  # we followed a writer: its record had not replicated yet
         if named and named in reachable:
             return None
         if named:
@@ -291,7 +293,7 @@ class Store:
             epoch, _, rec, role = reachable[ep]
             if role != "master" and (not named or not self.allow_promote_replica):
                 continue
-            new = f"{max(epoch, 0) + 1} {ep}"
+            new = f"{max(epoch, self.epoch, 0) + 1} {ep}"
             c = self.client(ep)
             try:
                 if role != "master":

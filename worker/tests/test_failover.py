@@ -97,6 +97,7 @@ def test_write_under_a_stale_record_is_refused(servers):
     fresh = Store([m2.endpoint, m1.endpoint], password=PASSWORD)
     fresh.elect(wait=5)
     # the primary dies; a second store promotes the replica; then the primary returns
+    wait_for(lambda: m2.client().get("hpo:writer") == f"1 {m1.endpoint}", 10, "the record on the replica")
     m1.kill()
     fresh.elect(failed=m1.endpoint, wait=10)
     assert fresh.record == f"2 {m2.endpoint}"
@@ -115,3 +116,21 @@ def test_write_under_a_stale_record_is_refused(servers):
     assert m1.client().hgetall("hpo:claims:x") == {} and m2.client().hgetall("hpo:claims:x") == {}
     # the stale store re-elects and lands on the new writer, never on the returned master
     assert stale.elect(wait=10) == f"2 {m2.endpoint}"
+
+
+def test_follower_promotes_standby_even_if_record_never_replicated(servers):
+    """A worker that followed a writer knows one existed, even if the standby never saw its record."""
+    from conftest import PASSWORD
+    from hpo_worker.store import Store
+
+    m1 = servers("m")
+    m2 = servers("s")  # a standby that received nothing (no record)
+    store = Store([m1.endpoint, m2.endpoint], password=PASSWORD)
+    assert store.elect(wait=5) == f"1 {m1.endpoint}"
+    assert m2.client().get("hpo:writer") is None
+    m1.kill()
+    assert store.elect(failed=m1.endpoint, wait=10) == f"2 {m2.endpoint}"
+    # a store that never followed anyone does not promote a master that holds no record over a dead one
+    m1.start(replicaof=None)
+    newcomer = Store([m1.endpoint, m2.endpoint], password=PASSWORD)
+    assert newcomer.elect(wait=5) == f"2 {m2.endpoint}"
