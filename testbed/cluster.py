@@ -26,12 +26,13 @@ from testbed.host import (
     log,
     mounts_under,
     nspawn_processes,
+    orphan_inits,
     raise_kernel_limits,
     require_free_space,
     run,
     ssh_key_path,
 )
-from testbed.nodes import Node, stop_nspawn
+from testbed.nodes import Node, kill_orphans, stop_nspawn
 
 CLUSTERS_DIR = STATE_DIR / "clusters"
 INVENTORY_DIR = REPO_DIR / "inventory" / "testbed" / "generated"
@@ -117,10 +118,9 @@ class Cluster:
         if new:
             require_free_space(STATE_DIR, NODE_DISK_MIB * len(new), f"{len(new)} new node(s)")
         with file_lock(self.lock_path, f"cluster {self.name}"):
+            self.reload()
             self._allocate(names, releases)
-            network.ensure_bridge(self.index)
-            run(["ip", "link", "set", "dev", network.bridge_name(self.index),
-                 "alias", f"{network.RULE_COMMENT_PREFIX}{self.name}"])
+            network.ensure_bridge(self.index, self.name)
             network.ensure_nat(self.name, self.index)
             raise_kernel_limits()
             public_key = ssh_key_path().with_suffix(".pub").read_text()
@@ -233,20 +233,34 @@ class Cluster:
 
     # ---- down -----------------------------------------------------------
 
+    def reload(self) -> None:
+        """Re-read the state file (call with the cluster lock held: another
+        command may have changed or removed the cluster meanwhile)."""
+        fresh = Cluster.load(self.name)
+        self.index, self.nodes = fresh.index, fresh.nodes
+
     def down(self) -> None:
         with file_lock(self.lock_path, f"cluster {self.name}"):
+            self.reload()
             pids = list(nspawn_processes(self.directory))
             if pids:
                 log(f"stopping {len(pids)} node(s) of {self.name}")
                 stop_nspawn(pids, grace=10.0)
+            orphans = kill_orphans(self.directory)
+            if orphans:
+                log(f"killed {len(orphans)} node(s) whose systemd-nspawn had died")
             for mount_point in mounts_under(self.directory):
                 if run(["umount", str(mount_point)], check=False).returncode != 0:
                     run(["umount", "--lazy", str(mount_point)])
             network.delete_nat(self.name)
+            # only bridges labelled with this cluster's name: the index may
+            # already belong to another cluster if our state is stale
             for bridge in bridges_of(self.name):
                 network.delete_bridge(bridge)
-            if self.index:
-                network.delete_bridge(network.bridge_name(self.index))
+            # a bridge made by an 'up' killed before it could label it
+            unlabelled = network.bridge_name(self.index) if self.index else ""
+            if unlabelled and network.link_exists(unlabelled) and not network.bridge_alias(unlabelled):
+                network.delete_bridge(unlabelled)
             left = mounts_under(self.directory)
             if left:
                 raise TestbedError(f"still mounted, not removing {self.directory}: {left}")
@@ -259,6 +273,7 @@ class Cluster:
     def _remove_node_files(self, name: str) -> None:
         directory = self.directory / "nodes" / name
         stop_nspawn(list(nspawn_processes(directory)), grace=10.0)
+        kill_orphans(directory)
         for mount_point in mounts_under(directory):
             run(["umount", str(mount_point)])
         if directory.exists():
@@ -279,12 +294,7 @@ def _node_slot(node: str, cluster: str, used: set[int]) -> int:
 def bridges_of(cluster: str) -> list[str]:
     """Bridges whose alias names this cluster (found even without state)."""
     wanted = f"{network.RULE_COMMENT_PREFIX}{cluster}"
-    found = []
-    for bridge in network.testbed_bridges():
-        proc = run(["ip", "-o", "link", "show", "dev", bridge], check=False)
-        if f"alias {wanted}" in proc.stdout and proc.stdout.rstrip().endswith(wanted):
-            found.append(bridge)
-    return found
+    return [b for b in network.testbed_bridges() if network.bridge_alias(b) == wanted]
 
 
 def all_clusters() -> list[Cluster]:
@@ -304,7 +314,8 @@ def leftovers(names: list[str] | None = None) -> dict[str, list[str]]:
     if names is None:
         return {
             "clusters": [c.name for c in all_clusters()],
-            "nodes": [f"pid {pid}: {d}" for pid, d in sorted(nspawn_processes(CLUSTERS_DIR).items())],
+            "nodes": [f"pid {pid}: {d}" for pid, d in sorted(nspawn_processes(CLUSTERS_DIR).items())]
+        + [f"pid {pid} (orphan): {d}" for pid, d in sorted(orphan_inits(CLUSTERS_DIR).items())],
             "mounts": [str(m) for m in mounts_under(CLUSTERS_DIR)],
             "bridges": network.testbed_bridges(),
             "nat rules": [f"{table}: {rule}" for table, rule in network.testbed_rules()],
@@ -320,7 +331,7 @@ def leftovers(names: list[str] | None = None) -> dict[str, list[str]]:
             result["clusters"].append(name)
         result["nodes"] += [
             f"pid {pid}: {d}" for pid, d in sorted(nspawn_processes(cluster.directory).items())
-        ]
+        ] + [f"pid {pid} (orphan): {d}" for pid, d in sorted(orphan_inits(cluster.directory).items())]
         result["mounts"] += [str(m) for m in mounts_under(cluster.directory)]
         result["bridges"] += bridges_of(name)
         result["nat rules"] += [f"{t}: {r}" for t, r in network.testbed_rules(name)]

@@ -181,6 +181,41 @@ def mounts_under(prefix: Path) -> list[Path]:
     return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
 
 
+#: Environment variable set in every node's PID 1 (its value: the node's rootfs).
+#: It finds a node's systemd even when its systemd-nspawn parent is gone.
+NODE_MARKER = "HPO_TESTBED_ROOTFS"
+
+
+def orphan_inits(prefix: Path) -> dict[int, str]:
+    """Nodes' PID 1 processes below `prefix` whose systemd-nspawn has died.
+
+    A SIGKILLed systemd-nspawn leaves its container running (re-parented to
+    the host's init); such a node must be killed before its disk goes away.
+    """
+    found: dict[int, str] = {}
+    marker = f"{NODE_MARKER}=".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(marker):
+                rootfs = Path(item[len(marker):].decode(errors="replace"))
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                parent = Path(f"/proc/{ppid}/cmdline")
+                try:
+                    parent_is_nspawn = b"systemd-nspawn" in parent.read_bytes()
+                except OSError:
+                    parent_is_nspawn = False
+                if (rootfs == prefix or prefix in rootfs.parents) and not parent_is_nspawn:
+                    found[int(entry.name)] = str(rootfs)
+    return found
+
+
 def nspawn_processes(prefix: Path) -> dict[int, str]:
     """systemd-nspawn processes whose -D directory lies below `prefix`."""
     found: dict[int, str] = {}

@@ -67,10 +67,19 @@ def link_exists(name: str) -> bool:
     return run(["ip", "link", "show", "dev", name], check=False).returncode == 0
 
 
-def ensure_bridge(index: int) -> None:
+def bridge_alias(name: str) -> str:
+    """The label a bridge carries ('' if none)."""
+    shown = run(["ip", "-o", "link", "show", "dev", name], check=False).stdout
+    return shown.split(" alias ", 1)[1].strip() if " alias " in shown else ""
+
+
+def ensure_bridge(index: int, cluster: str) -> None:
     name = bridge_name(index)
+    label = f"{RULE_COMMENT_PREFIX}{cluster}"
     if not link_exists(name):
         run(["ip", "link", "add", "name", name, "type", "bridge"])
+    if bridge_alias(name) != label:
+        run(["ip", "link", "set", "dev", name, "alias", label])
     address = f"{host_address(index)}/24"
     shown = run(["ip", "-4", "-o", "addr", "show", "dev", name]).stdout
     if address not in shown:

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.errors import TestbedError
-from testbed.host import STATE_DIR, mounts_under, nspawn_processes, run, ssh_command
+from testbed.host import (
+    NODE_MARKER,
+    STATE_DIR,
+    mounts_under,
+    nspawn_processes,
+    orphan_inits,
+    run,
+    ssh_command,
+)
 
 #: Host directory shared by all nodes as pip's cache (see /etc/pip.conf).
 PIP_CACHE = STATE_DIR / "pip-cache"
@@ -100,6 +108,7 @@ class Node:
 
     def boot(self) -> None:
         """Start systemd-nspawn in the background (returns at once)."""
+        kill_orphans(self.directory)
         PIP_CACHE.mkdir(parents=True, exist_ok=True)
         PIP_CACHE.chmod(0o1777)
         argv = [
@@ -115,6 +124,7 @@ class Node:
             "--timezone=off",
             "--console=read-only",
             f"--bind={PIP_CACHE}:{PIP_CACHE_IN_NODE}",
+            f"--setenv={NODE_MARKER}={self.rootfs}",
         ]
         console = open(self.directory / "console.log", "ab")  # noqa: SIM115  handed to the child
         with console:
@@ -238,6 +248,20 @@ def stop_nspawn(pids: list[int], grace: float) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
+
+
+def kill_orphans(prefix: Path) -> list[int]:
+    """Kill nodes' systemd left running without their systemd-nspawn."""
+    pids = list(orphan_inits(prefix))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)  # PID 1 of a namespace: takes all of it along
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return pids
 
 
 def _descendants(pid: int) -> list[int]:

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +36,26 @@ def run_testbed(*args: str, check: bool = True, env: dict | None = None, timeout
 
 
 def on_node(cluster: str, node: str, command: str) -> str:
-    return run_testbed("--cluster", cluster, "ssh", node, command).stdout.strip()
+    proc = run_testbed("--cluster", cluster, "ssh", node, command, check=False)
+    if proc.returncode != 0:
+        state = run_testbed("status", "--check-clean", "--only", cluster, check=False).stdout
+        links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        pytest.fail(f"{node}: '{command}' failed ({proc.returncode}): {proc.stderr}\n"
+                    f"test bed status:\n{state}\nhost links:\n{links}")
+    return proc.stdout.strip()
+
+
+def processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every process that is still there when read."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            found.append((int(entry.name), argv))
+    return found
 
 
 def assert_running(cluster: str, node: str) -> None:
@@ -151,6 +171,37 @@ def test_node_from_another_release(cluster):
     assert again.returncode == 2 and "exists with release trixie" in again.stderr
 
 
+@pytest.mark.parametrize("cluster", ["tbtest-broken"], indirect=True)
+def test_node_that_does_not_boot_shows_its_log(cluster):
+    run_testbed("--cluster", cluster, "up", "1")
+    node_dir = STATE / "clusters" / cluster / "nodes" / f"{cluster}-1"
+    # the node crashes (its systemd-nspawn is killed) and its disk breaks:
+    # systemd can no longer be executed in it
+    pids = [pid for pid, argv in processes() if argv.startswith("systemd-nspawn") and str(node_dir) in argv]
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    # its systemd lives on without its parent: the test bed still sees it
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status = run_testbed("status", "--check-clean", "--only", cluster, check=False).stdout
+        if "(orphan)" in status:
+            break
+        time.sleep(0.2)
+    assert "(orphan)" in status, status
+    for init in ("usr/lib/systemd/systemd", "lib/systemd/systemd"):
+        target = node_dir / "rootfs" / init
+        if target.exists():
+            target.chmod(0)
+    proc = run_testbed("--cluster", cluster, "up", "1", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"node {cluster}-1 exited while booting" in proc.stderr
+    assert "console.log" in proc.stderr  # what the node printed is shown
+    # the orphaned systemd was killed before the node was booted again
+    status = run_testbed("status", "--check-clean", "--only", cluster, check=False).stdout
+    assert "(orphan)" not in status, status
+
+
 def test_bad_input_is_refused_before_anything_is_made():
     cases = [
         (["--cluster", "tbtest-bad", "up", "0"], "between 1 and 50"),
@@ -169,7 +220,8 @@ def test_bad_input_is_refused_before_anything_is_made():
 
 def test_missing_tools_are_named_with_their_package(tmp_path):
     # a PATH holding only what bin/testbed itself needs to start
-    for tool in ("python3", "dirname", "readlink"):
+    (tmp_path / "python3").symlink_to(Path(sys.executable).resolve())  # not a pyenv shim
+    for tool in ("dirname", "readlink"):
         (tmp_path / tool).symlink_to(shutil.which(tool))
     env = {**os.environ, "PATH": str(tmp_path)}
     proc = run_testbed("status", check=False, env=env)
