@@ -114,6 +114,13 @@ class Cluster:
                 raise TestbedError(
                     f"node {name}: unknown release {release!r} (known: {', '.join(RELEASES)})"
                 )
+        for other in all_clusters():
+            clash = sorted(set(names) & set(other.nodes)) if other.name != self.name else []
+            if clash:
+                raise TestbedError(
+                    f"node name(s) {', '.join(clash)} already used by cluster {other.name}: "
+                    "node names must be unique on this host (each names its network link)"
+                )
         new = [n for n in names if n not in self.nodes]
         if new:
             require_free_space(STATE_DIR, NODE_DISK_MIB * len(new), f"{len(new)} new node(s)")

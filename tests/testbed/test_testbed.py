@@ -166,6 +166,10 @@ def test_node_from_another_release(cluster):
     assert "/var/cache/hpo-testbed/pip" in on_node(cluster, "new", "/tmp/v/bin/pip cache dir")
     cached = [p for p in (STATE / "pip-cache").rglob("*") if p.is_file()]
     assert cached, "the host's pip cache stayed empty"
+    # node names are unique on the host, across clusters
+    clash = run_testbed("--cluster", "tbtest-other", "up", "old", check=False)
+    assert clash.returncode == 2 and "already used by cluster tbtest-mix" in clash.stderr
+    assert_nothing_left("tbtest-other")
     # a node's release is fixed: asking for another one is refused
     again = run_testbed("--cluster", cluster, "up", "new", "--release", "new=bookworm", check=False)
     assert again.returncode == 2 and "exists with release trixie" in again.stderr
