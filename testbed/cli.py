@@ -9,7 +9,14 @@ import time
 
 from testbed import network
 from testbed.base import DEFAULT_RELEASE, RELEASES
-from testbed.cluster import INVENTORY_DIR, Cluster, all_clusters, leftovers, prune_bases
+from testbed.cluster import (
+    INVENTORY_DIR,
+    Cluster,
+    all_clusters,
+    known_cluster_names,
+    leftovers,
+    prune_bases,
+)
 from testbed.errors import TestbedError
 from testbed.host import STATE_DIR, log, require_commands, require_root, ssh_command
 
@@ -58,7 +65,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"build NODE from another Debian release ({', '.join(RELEASES)}); repeatable",
     )
 
-    sub.add_parser("down", help="stop and remove the cluster: nodes, mounts, bridge, NAT")
+    down = sub.add_parser("down", help="stop and remove the cluster: nodes, mounts, bridge, NAT")
+    down.add_argument(
+        "--all",
+        action="store_true",
+        help="remove every test bed cluster and leftover on this host (CI starts with this)",
+    )
 
     status = sub.add_parser("status", help="show the cluster, or everything with --all")
     status.add_argument("--all", action="store_true", help="all clusters and leftovers")
@@ -113,7 +125,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    Cluster.load(args.cluster).down()
+    names = known_cluster_names() if args.all else [args.cluster]
+    for name in names:
+        Cluster.load(name).down()
     return 0
 
 

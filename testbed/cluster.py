@@ -314,6 +314,23 @@ def all_clusters() -> list[Cluster]:
     ]
 
 
+def known_cluster_names() -> list[str]:
+    """Every cluster name the host shows a trace of: state directories,
+    bridge labels, NAT rule comments, generated inventories."""
+    names = {c.name for c in all_clusters()}
+    prefix = network.RULE_COMMENT_PREFIX
+    for bridge in network.testbed_bridges():
+        label = network.bridge_alias(bridge)
+        if label.startswith(prefix):
+            names.add(label[len(prefix):])
+    for _table, rule in network.testbed_rules():
+        comment = rule.split("--comment", 1)[1].split()[0].strip('"')
+        names.add(comment[len(prefix):])
+    if INVENTORY_DIR.exists():
+        names |= {p.stem for p in INVENTORY_DIR.glob("*.yml")}
+    return sorted(n for n in names if NAME_RE.match(n))
+
+
 def leftovers(names: list[str] | None = None) -> dict[str, list[str]]:
     """What the test bed still has on the host, by kind: all of it, or only
     what belongs to the clusters `names` (other engineers' clusters may run
