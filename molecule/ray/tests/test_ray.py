@@ -182,7 +182,7 @@ def test_add_a_machine_with_limit_leaves_the_others_running():
     before = {h: unit_identity(h) for h in others}
     assert node(NEW).run("systemctl cat ray").rc != 0, "ray-4 must start without Ray"
 
-    done = ansible_playbook("-i", str(SCENARIO / "add-ray-4.yml"), "--limit", NEW)
+    done = ansible_playbook("-i", str(SCENARIO / "inventory" / "add-ray-4.yml"), "--limit", NEW)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert set(recap(done.stdout)) == {NEW}
 
@@ -199,7 +199,7 @@ def test_a_settings_change_restarts_only_that_node():
     members = [HEAD, *WORKERS, NEW]
     before = {h: unit_identity(h) for h in members}
     done = ansible_playbook(
-        "-i", str(SCENARIO / "add-ray-4.yml"), "-i", str(SCENARIO / "change-ray-3.yml"))
+        "-i", str(SCENARIO / "inventory" / "add-ray-4.yml"), "-i", str(SCENARIO / "inventory" / "change-ray-3.yml"))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     changed = {h: r["changed"] for h, r in recap(done.stdout).items()}
     assert changed["ray-3"] > 0
