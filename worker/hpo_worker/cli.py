@@ -34,7 +34,7 @@ exit codes: 0 done or stopped cleanly; 2 bad input (spec, endpoints, objective);
 
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("store")
+    g = p.add_argument_group("store", "the password is read only from the environment: HPO_KEYDB_PASSWORD")
     g.add_argument("--endpoints", default=os.environ.get("HPO_KEYDB_ENDPOINTS"),
                    help="every master, host:port comma-separated, inventory order (env HPO_KEYDB_ENDPOINTS)")
     g.add_argument("--namespace", default=os.environ.get("HPO_NAMESPACE", "hpo"),
