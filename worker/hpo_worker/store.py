@@ -168,6 +168,23 @@ def parse_record(rec: str | None) -> tuple[int, str]:
         return (-1, "")
 
 
+def role_kind(role: Any) -> str:
+    """'master' for a node that accepts writes, 'replica' for a read-only one.
+
+    Redis answers ROLE with ["master", ...] or ["slave", ...]. A KeyDB active
+    replica answers ["active-replica", host, port, state, offset] and, with
+    more than one master configured, a list of such lists: it accepts writes.
+    """
+    if not role:
+        return "master"
+    first = role[0]
+    if isinstance(first, (list, tuple)):
+        first = first[0] if first else "master"
+    if isinstance(first, bytes):
+        first = first.decode()
+    return "master" if first in ("master", "active-replica") else "replica"
+
+
 def _map_error(exc: redis.ResponseError) -> Exception:
     if str(exc).startswith("HPOFENCED"):
         return Fenced(str(exc))
@@ -224,7 +241,7 @@ class Store:
             pipe.execute_command("ROLE")
             rec, role = pipe.execute()
             epoch, named = parse_record(rec)
-            return (epoch, named, rec, role[0] if role else "master")
+            return (epoch, named, rec, role_kind(role))
         except redis.AuthenticationError as exc:
             raise StoreAuthError(f"{endpoint} refused the password (set HPO_KEYDB_PASSWORD): {exc}") from None
         except redis.ResponseError as exc:
