@@ -513,32 +513,37 @@ class Worker:
 def run_processes(make_worker: Callable[[], Worker], processes: int) -> int:
     """Fork N children, each a Worker; forward SIGTERM/SIGINT; exit 0 if all stopped cleanly."""
     if processes <= 1:
-        return make_worker().run()
+        return _run_child(make_worker)
     children: list[int] = []
-    for _ in range(processes):
-        pid = os.fork()
-        if pid == 0:
-            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only; it forwards once
-            code = 1
-            try:
-                code = make_worker().run()
-            except BaseException:  # noqa: BLE001
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
+    received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
         for pid in children:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
+    # installed before forking: a stop that arrives while children start is not lost
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only; it forwards once
+            code = 1
+            try:
+                code = _run_child(make_worker)
+            except BaseException:  # noqa: BLE001 - report anything, exit non-zero
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+        for signum in received:  # a signal that came before this child existed
+            os.kill(pid, signum)
     worst = 0
     for pid in children:
         while True:
@@ -555,6 +560,27 @@ def run_processes(make_worker: Callable[[], Worker], processes: int) -> int:
             log.error("worker process %d exited with %d", pid, code)
             worst = worst or (code if code > 0 else 1)
     return worst
+
+
+def _run_child(make_worker: Callable[[], Worker]) -> int:
+    """Build a worker (importing the objective may take a while) without losing a stop signal."""
+    early: list[int] = []
+
+    def remember(signum: int, frame: Any) -> None:
+        early.append(signum)
+
+    signal.signal(signal.SIGTERM, remember)
+    signal.signal(signal.SIGINT, remember)
+    worker = make_worker()
+    worker.install_signal_handlers()
+    if signal.SIGTERM in early or early.count(signal.SIGINT) > 1:
+        worker.stop_event.set()
+    elif early:
+        worker.stop_after_trial = True
+    if worker.stop_event.is_set() or worker.stop_after_trial:
+        log.warning("stop requested while starting; exiting")
+        return 0
+    return worker.run()
 
 
 def default_host() -> str:
