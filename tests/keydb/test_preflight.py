@@ -117,3 +117,13 @@ def test_host_outside_the_group_is_refused(ansible: Ansible) -> None:
                       {"keydb_engine": "redis", "keydb_password": GOOD_PASSWORD, "keydb_group": "nosuchgroup"})
     assert not run.ok
     assert "host kdbtest: not a member of the inventory group 'nosuchgroup'" in run.output
+
+
+def test_full_role_on_a_host_without_cluster_address_names_it(ansible: Ansible) -> None:
+    """Through the role's main entry point (argument validation first)."""
+    play = {"name": "keydb role", "hosts": "keydb", "gather_facts": True, "roles": ["keydb"]}
+    run = ansible.run([play], ansible.inventory({"nocluster": {}}),
+                      {"keydb_engine": "redis", "keydb_password": GOOD_PASSWORD})
+    assert not run.ok
+    assert "fatal: [nocluster]" in run.output
+    assert "'cluster_address' is undefined" in run.output
