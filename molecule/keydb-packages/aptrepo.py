@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A local, signed apt repository made from a directory of .deb files, for
-the keydb-packages scenario (and tests/keydb/test_aptrepo.py).
+the keydb-packages scenario (and tests/keydb/test_keydb_aptrepo.py).
 
   aptrepo.py build DEBS_DIR OUT_DIR --suite bookworm
       OUT_DIR/repo/   pool/main/*.deb, dists/SUITE/{Release,InRelease,Release.gpg},
