@@ -132,7 +132,6 @@ class Cluster:
             raise_kernel_limits()
             public_key = ssh_key_path().with_suffix(".pub").read_text()
             hosts = {n: self.node(n).address for n in self.nodes}
-            started = []
             for name in names:
                 node = self.node(name)
                 node.mount()
@@ -142,7 +141,6 @@ class Cluster:
                 else:
                     log(f"{name}: booting ({node.release}) at {node.address}")
                     node.boot()
-                    started.append(name)
             # other nodes of the cluster learn the new names too
             for name in set(self.nodes) - set(names):
                 other = self.node(name)
