@@ -4,6 +4,7 @@ Three stores, measured in one run, same empty objective, same 3-param space,
 RandomSampler everywhere (so the sampler costs the same and no param set repeats):
 
 - hpo-worker: `hpo-worker run --processes W` (fenced journal, claims, heartbeats);
+- hpo-worker+standby: the same with a replica as standby (each COMPLETE waits for it);
 - optuna-redis: JournalStorage(JournalRedisBackend) on the same redis-server;
 - optuna-sqlite: RDBStorage on a SQLite file.
 
@@ -65,6 +66,7 @@ def run(worker_counts: list[int], per_worker: int, base: int, sqlite_cap: int) -
 
     tmp = Path(tempfile.mkdtemp(prefix="hpo-bench-ovh-"))
     r = RedisProc(tmp, "redis").start()
+    standby = RedisProc(tmp, "standby", replicaof=r).start()
     rows = []
     try:
         for w in worker_counts:
@@ -80,6 +82,17 @@ def run(worker_counts: list[int], per_worker: int, base: int, sqlite_cap: int) -
                 raise SystemExit(f"hpo-worker failed; see {tmp}/hpo{w}.log")
             n, tps = throughput(load_trials(r.endpoint, f"hpo{w}"))
             row["hpo-worker"] = {"complete": n, "trials_per_s": round(tps, 1)}
+            # the same with a standby replica: every COMPLETE waits for it (WAIT)
+            r.client().flushall()
+            spec = write_spec(tmp / f"hpor{w}.yaml", name=f"hpor{w}", sampler={"type": "random"}, space=SPACE,
+                              budget={"n_trials": total}, objective="objectives:empty",
+                              worker={"heartbeat_interval": 2.0, "heartbeat_ttl": 10.0})
+            p = start_worker(spec, [r.endpoint, standby.endpoint], worker_env(tmp / "unused.jsonl"), processes=w,
+                             log=tmp / f"hpor{w}.log")
+            if p.wait(900) != 0:
+                raise SystemExit(f"hpo-worker with standby failed; see {tmp}/hpor{w}.log")
+            n, tps = throughput(load_trials(r.endpoint, f"hpor{w}"))
+            row["hpo-worker+standby"] = {"complete": n, "trials_per_s": round(tps, 1)}
             # plain optuna on redis and on sqlite
             for kind in ("optuna-redis", "optuna-sqlite"):
                 if kind == "optuna-redis":
@@ -109,6 +122,7 @@ def run(worker_counts: list[int], per_worker: int, base: int, sqlite_cap: int) -
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
+        standby.stop()
         r.stop()
     return {"rows": rows}
 
@@ -128,12 +142,13 @@ def main() -> None:
     t0 = time.monotonic()
     out = run([int(x) for x in a.workers.split(",")], a.trials, a.base, a.sqlite_trials)
     print()
-    print(f"{'workers':>7} {'trials':>6} {'hpo t/s':>8} {'redis t/s':>9} {'sqlite t/s':>10} "
+    print(f"{'workers':>7} {'trials':>6} {'hpo t/s':>8} {'hpo+sb t/s':>10} {'redis t/s':>9} {'sqlite t/s':>10} "
           f"{'hpo ms/trial':>12} {'redis ms/trial':>14} {'hpo/redis time':>14}")
     for r in out["rows"]:
         h, o, s = r["hpo-worker"]["trials_per_s"], r["optuna-redis"]["trials_per_s"], r["optuna-sqlite"]["trials_per_s"]
-        print(f"{r['workers']:>7} {r['trials']:>6} {h:>8.1f} {o:>9.1f} {s:>10.1f} {1000 / h:>12.2f} {1000 / o:>14.2f} "
-              f"{o / h:>14.3f}")
+        hs = r["hpo-worker+standby"]["trials_per_s"]
+        print(f"{r['workers']:>7} {r['trials']:>6} {h:>8.1f} {hs:>10.1f} {o:>9.1f} {s:>10.1f} {1000 / h:>12.2f} "
+              f"{1000 / o:>14.2f} {o / h:>14.3f}")
     print(f"benchmark took {time.monotonic() - t0:.0f}s")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
