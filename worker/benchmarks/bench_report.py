@@ -43,40 +43,43 @@ def synthesize(client, studies: int, trials: int, seed: int = 7) -> None:
             "b": json.dumps({"name": "IntDistribution",
                              "attributes": {"log": False, "step": 1, "low": 0, "high": 100}}),
             "c": json.dumps({"name": "CategoricalDistribution", "attributes": {"choices": ["x", "y"]}})}
-    entries = []
+    entries: dict[int, list[str]] = {}
     for s in range(studies):
-        entries.append(json.dumps({"op_code": 0, "worker_id": "synth", "study_name": f"study_{s}", "directions": [1]}))
+        entries[s] = [json.dumps({"op_code": 0, "worker_id": "synth", "study_name": f"study_{s}",
+                                  "directions": [1]})]
+        client.sadd("hpo:studies", f"study_{s}")
     t = datetime(2026, 11, 1, tzinfo=timezone.utc)
     hosts = list(HOSTS)
-    trial_id = 0
     pipe = client.pipeline(transaction=False)
     for i in range(trials):
+        trial_id = i  # one journal per study: trial ids count within it
         for s in range(studies):
+            out = entries[s]
             host = hosts[(i + s) % len(hosts)]
             wid = f"w-{host}"
             start = t + timedelta(seconds=i * 0.5)
             dur = max(0.01, rng.gauss(HOSTS[host], 0.05))
-            entries.append(json.dumps({"op_code": 4, "worker_id": wid, "study_id": s,
-                                       "datetime_start": start.isoformat(timespec="microseconds")}))
-            entries.append(json.dumps({"op_code": 5, "worker_id": wid, "trial_id": trial_id, "param_name": "a",
-                                       "param_value_internal": rng.random(), "distribution": dist["a"]}))
-            entries.append(json.dumps({"op_code": 5, "worker_id": wid, "trial_id": trial_id, "param_name": "b",
-                                       "param_value_internal": rng.randrange(101), "distribution": dist["b"]}))
-            entries.append(json.dumps({"op_code": 5, "worker_id": wid, "trial_id": trial_id, "param_name": "c",
-                                       "param_value_internal": rng.randrange(2), "distribution": dist["c"]}))
-            entries.append(json.dumps({"op_code": 8, "worker_id": wid, "trial_id": trial_id,
-                                       "user_attr": {"hpo": {"host": host, "pid": 1, "token": f"{wid}/{trial_id}"}}}))
+            out.append(json.dumps({"op_code": 4, "worker_id": wid, "study_id": 0,
+                                   "datetime_start": start.isoformat(timespec="microseconds")}))
+            out.append(json.dumps({"op_code": 5, "worker_id": wid, "trial_id": trial_id, "param_name": "a",
+                                   "param_value_internal": rng.random(), "distribution": dist["a"]}))
+            out.append(json.dumps({"op_code": 5, "worker_id": wid, "trial_id": trial_id, "param_name": "b",
+                                   "param_value_internal": rng.randrange(101), "distribution": dist["b"]}))
+            out.append(json.dumps({"op_code": 5, "worker_id": wid, "trial_id": trial_id, "param_name": "c",
+                                   "param_value_internal": rng.randrange(2), "distribution": dist["c"]}))
+            out.append(json.dumps({"op_code": 8, "worker_id": wid, "trial_id": trial_id,
+                                   "user_attr": {"hpo": {"host": host, "pid": 1, "token": f"{wid}/{trial_id}"}}}))
             end = (start + timedelta(seconds=dur)).isoformat(timespec="microseconds")
-            entries.append(json.dumps({"op_code": 6, "worker_id": wid, "trial_id": trial_id, "state": 1,
-                                       "values": [rng.random()], "datetime_complete": end}))
-            trial_id += 1
-        if len(entries) > 20_000:
-            pipe.rpush("hpo:journal", *entries)
-            pipe.execute()
-            entries = []
-    if entries:
-        pipe.rpush("hpo:journal", *entries)
-        pipe.execute()
+            out.append(json.dumps({"op_code": 6, "worker_id": wid, "trial_id": trial_id, "state": 1,
+                                   "values": [rng.random()], "datetime_complete": end}))
+            if len(out) > 20_000:
+                pipe.rpush(f"hpo:journal:study_{s}", *out)
+                pipe.execute()
+                out.clear()
+    for s, out in entries.items():
+        if out:
+            pipe.rpush(f"hpo:journal:study_{s}", *out)
+    pipe.execute()
     client.set("hpo:writer", f"1 127.0.0.1:{client.connection_pool.connection_kwargs['port']}")
 
 
@@ -90,9 +93,10 @@ def optuna_table(endpoint: str) -> tuple[dict, float]:
     t0 = time.perf_counter()
     store = Store([endpoint], password=PASSWORD)
     store.elect(wait=5, promote=False)
-    storage = JournalStorage(FencedJournalBackend(store, 0))
     out = {}
-    for fs in storage.get_all_studies():
+    for name in sorted(store.writer.smembers(store.k_studies)):
+        storage = JournalStorage(FencedJournalBackend(store, 0, name))
+        fs = storage.get_all_studies()[0]
         trials = storage.get_all_trials(fs._study_id, deepcopy=False)
         done = [t for t in trials if t.state.name == "COMPLETE"]
         per = {}
@@ -120,11 +124,11 @@ def main() -> None:
         t0 = time.perf_counter()
         synthesize(r.client(), a.studies, a.trials)
         synth_s = time.perf_counter() - t0
-        n_entries = r.client().llen("hpo:journal")
+        n_entries = sum(r.client().llen(f"hpo:journal:study_{s}") for s in range(a.studies))
 
         store = Store([r.endpoint], password=PASSWORD)
         store.elect(wait=5, promote=False)
-        reports, table_s = run_report(store.writer, store.k_journal)
+        reports, table_s = run_report(store.writer, store)
 
         env = dict(os.environ, HPO_KEYDB_PASSWORD=PASSWORD)
         t0 = time.perf_counter()

@@ -129,7 +129,7 @@ def _report(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
         store.elect(wait=10, promote=False)
-        reports, elapsed = run_report(store.writer, store.k_journal, args.study)
+        reports, elapsed = run_report(store.writer, store, args.study)
     except NoWriter as exc:
         print(f"hpo-worker: error: {exc}", file=sys.stderr)
         return 3

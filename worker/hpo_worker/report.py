@@ -161,9 +161,19 @@ def render(reports: list[StudyReport], elapsed: float) -> str:
     return "\n".join(lines)
 
 
-def run_report(client: Any, journal_key: str, study: str | None = None) -> tuple[list[StudyReport], float]:
+def run_report(client: Any, store: Any, study: str | None = None) -> tuple[list[StudyReport], float]:
+    """Reports of every study in the store (sorted by name), or of one; KeyError if it is unknown."""
     from .store import iter_journal
 
     t0 = time.perf_counter()
-    reports = build(iter_journal(client, journal_key), study)
+    names = sorted(client.smembers(store.k_studies))
+    if study is not None:
+        if study not in names:
+            raise KeyError(study)
+        names = [study]
+    reports: list[StudyReport] = []
+    for name in names:
+        for r in build(iter_journal(client, store.journal_key(name)), name):
+            r.study_id = len(reports)
+            reports.append(r)
     return reports, time.perf_counter() - t0

@@ -158,7 +158,7 @@ class Worker:
 
     # ------------------------------------------------------------ view of the study
     def build_view(self) -> None:
-        self.backend = FencedJournalBackend(self.store, self.hb_ttl_ms)
+        self.backend = FencedJournalBackend(self.store, self.hb_ttl_ms, self.spec.name)
         storage = JournalStorage(self.backend)
         self.study = optuna.create_study(
             storage=storage, study_name=self.spec.name, load_if_exists=True,
@@ -393,7 +393,7 @@ class Worker:
         if len(inf.params) == len(self.spec.space):
             logs.append(self._requeue_log(inf.params, {"hpo_requeued_from": inf.number, "hpo_reason": why}))
         fp = inf.fingerprint if inf.claimed else ""
-        self.store.run("end", [self.store.k_journal, self.store.claims_key(self.spec.name),
+        self.store.run("end", [self.backend.key, self.store.claims_key(self.spec.name),
                                self._marker(inf.trial_id, inf.token), ""],
                        [fp, inf.token, "", *logs])
         log.warning("trial %d ended (%s) and its params requeued", inf.number, why)
@@ -427,7 +427,7 @@ class Worker:
                 logs.append(self._requeue_log(params, {"hpo_requeued_from": t.number,
                                                        "hpo_reason": "heartbeat expired"}))
             fp = self.spec.fingerprint(params) if len(params) == len(self.spec.space) else ""
-            done = self.store.run("end", [self.store.k_journal, self.store.claims_key(self.spec.name),
+            done = self.store.run("end", [self.backend.key, self.store.claims_key(self.spec.name),
                                           self._marker(t._trial_id, f"{owner}/{t._trial_id}"),
                                           self.store.hb_key(owner)],
                                   [fp, f"{owner}/{t._trial_id}", "", *logs])
@@ -482,7 +482,7 @@ class Worker:
         if owner is not None and f"{owner}/{inf.trial_id}" == inf.token:
             mine = self.study._storage.get_trial(inf.trial_id)
         if inf.values is not None:
-            claims = [self.store.k_journal, self.store.claims_key(self.spec.name),
+            claims = [self.backend.key, self.store.claims_key(self.spec.name),
                       self._marker(inf.trial_id, inf.token) + ":result", ""]
             done = json.dumps({"owner": inf.token, "state": "COMPLETE", "values": inf.values,
                                "trial": inf.number, "host": self.host})

@@ -3,7 +3,9 @@
 Keys (``NS`` defaults to ``hpo``), all on the writer master:
 
 - ``NS:writer``        "EPOCH HOST:PORT": who the writer is, and since which epoch.
-- ``NS:journal``       a list, one JSON Optuna journal entry per element.
+- ``NS:journal:STUDY`` a list, one JSON Optuna journal entry per element; one
+                       journal per study, so a worker replays only its own study.
+- ``NS:studies``       the set of study names that have a journal.
 - ``NS:hb:WORKER_ID``  heartbeat of one Optuna worker id, with a TTL.
 - ``NS:claims:STUDY``  hash: params fingerprint -> JSON claim (RUNNING/COMPLETE).
 - ``NS:ended:...``     one-shot markers so a trial is ended by one party only (kept 14 days).
@@ -45,12 +47,13 @@ if cur ~= ARGV[1] then
 end
 """
 
-# KEYS: writer, journal, hb   ARGV: expected, hb_ttl_ms, read_from, log...
+# KEYS: writer, journal, hb, studies   ARGV: expected, hb_ttl_ms, read_from, study, log...
 # Returns {length, entries since read_from...} so the caller needs no second round trip
 # to read back what it (and others, meanwhile) appended; only the length if that backlog is long.
 APPEND = _CHECK + """
-for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 if ARGV[2] ~= '0' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[2]) end
+redis.call('SADD', KEYS[4], ARGV[4])
 local n = redis.call('LLEN', KEYS[2])
 local from = tonumber(ARGV[3])
 if from < 0 or n - from > 256 then return {n} end
@@ -212,7 +215,7 @@ class Store:
         self.adopted_at = 0.0  # time.monotonic() of the last change of writer
         self._state: tuple[str, dict[str, Any]] = ("", {})
         self.k_writer = f"{namespace}:writer"
-        self.k_journal = f"{namespace}:journal"
+        self.k_studies = f"{namespace}:studies"
 
     # ------------------------------------------------------------ connections
     def client(self, endpoint: str) -> redis.Redis:
@@ -404,6 +407,9 @@ class Store:
     def hb_key(self, worker_id: str) -> str:
         return f"{self.ns}:hb:{worker_id}"
 
+    def journal_key(self, study: str) -> str:
+        return f"{self.ns}:journal:{study}"
+
     def claims_key(self, study: str) -> str:
         return f"{self.ns}:claims:{study}"
 
@@ -416,8 +422,10 @@ class FencedJournalBackend(BaseJournalBackend):
     reaper can match trials to heartbeats without extra writes.
     """
 
-    def __init__(self, store: Store, hb_ttl_ms: int) -> None:
+    def __init__(self, store: Store, hb_ttl_ms: int, study: str) -> None:
         self.store = store
+        self.study = study
+        self.key = store.journal_key(study)
         self.hb_ttl_ms = hb_ttl_ms
         self.generation = store.generation
         self.my_worker_ids: set[str] = set()
@@ -447,7 +455,7 @@ class FencedJournalBackend(BaseJournalBackend):
         w = self.store.writer
         start = log_number_from
         while True:
-            chunk = w.lrange(self.store.k_journal, start, start + READ_CHUNK - 1)
+            chunk = w.lrange(self.key, start, start + READ_CHUNK - 1)
             for i, raw in enumerate(chunk):
                 entry = json.loads(raw)
                 if start + i >= self._tracked:
@@ -478,8 +486,8 @@ class FencedJournalBackend(BaseJournalBackend):
         worker_id = logs[0]["worker_id"] if logs else ""
         self.my_worker_ids.add(worker_id)
         read_from = self._tracked
-        res = self.store.run("append", [self.store.k_journal, self.store.hb_key(worker_id)],
-                             [self.hb_ttl_ms, read_from, *(json.dumps(x) for x in logs)])
+        res = self.store.run("append", [self.key, self.store.hb_key(worker_id), self.store.k_studies],
+                             [self.hb_ttl_ms, read_from, self.study, *(json.dumps(x) for x in logs)])
         if len(res) > 1 and int(res[0]) == read_from + len(res) - 1:
             self._cache = (read_from, res[1:])
 

@@ -148,6 +148,6 @@ def load_trials(endpoint: str, study: str):
 
     store = Store([endpoint], password=PASSWORD)
     store.elect(wait=5)
-    storage = JournalStorage(FencedJournalBackend(store, 0))
+    storage = JournalStorage(FencedJournalBackend(store, 0, study))
     s = optuna.load_study(study_name=study, storage=storage)
     return s.get_trials(deepcopy=False)

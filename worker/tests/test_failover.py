@@ -47,7 +47,7 @@ def test_writer_killed_workers_follow_standby_old_writer_fenced(servers, tmp_pat
     wait_for(lambda: len([e for e in ends(evals) if e["t"] > t_kill]) >= 20, what="progress on the standby")
     # the old writer comes back with its old data, as a master (the worst case for Redis)
     m1.start(replicaof=None)
-    old_len = m1.client().llen("hpo:journal")
+    old_len = m1.client().llen("hpo:journal:fo")
     old_claims = m1.client().hgetall("hpo:claims:fo")
     # a worker that starts now must pick the standby too
     late_evals = tmp_path / "late.jsonl"
@@ -60,7 +60,7 @@ def test_writer_killed_workers_follow_standby_old_writer_fenced(servers, tmp_pat
     assert m2c.get("hpo:writer") == f"2 {m2.endpoint}"
     assert m2c.info("replication")["role"] == "master"
     # the returned master took no journal entry or claim, and it now names the new writer
-    assert m1.client().llen("hpo:journal") == old_len
+    assert m1.client().llen("hpo:journal:fo") == old_len
     assert m1.client().hgetall("hpo:claims:fo") == old_claims
     assert m1.client().get("hpo:writer") == f"2 {m2.endpoint}", "the stale master is fenced"
 
