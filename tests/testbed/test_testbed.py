@@ -7,6 +7,7 @@ clusters are named tbtest-*; each test removes its own.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -261,3 +262,33 @@ def test_disk_full_is_reported(tmp_path):
                        check=False, env=env).returncode == 0
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_concurrent_base_builds_wait_for_one_another(tmp_path):
+    """A second command that needs a base being built waits for the lock and
+    then uses the finished base instead of building its own."""
+    state = tmp_path / "state"
+    env = {**os.environ, "HPO_TESTBED_STATE": str(state), "PYTHONPATH": str(REPO)}
+    code = "from testbed.base import ensure_base; print(ensure_base('bookworm'))"
+    # this test plays the first builder: it holds the build lock
+    target = subprocess.run(
+        [sys.executable, "-c", "from testbed.base import base_dir; print(base_dir('bookworm'))"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    lock = state / "base" / ".bookworm.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        second = subprocess.Popen([sys.executable, "-c", code], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        assert second.poll() is None, "the second build did not wait for the lock"
+        # the first builder finishes: its base appears, then it lets go of the lock
+        Path(target).mkdir(parents=True)
+        (Path(target) / ".hpo-testbed-ready").write_text("built by the test\n")
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    out, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err
+    assert out.strip() == target
+    assert "waiting for the bookworm base build" in err
+    assert "debootstrap" not in err  # it did not build a second copy
