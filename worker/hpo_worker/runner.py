@@ -297,6 +297,7 @@ class Worker:
                 trial.set_user_attr("hpo", self._attrs(inf, reused_from=c["trial"], reused_host=c["host"]))
                 self.inflight = None
                 study.tell(trial, c["values"])
+                self.store.wait_replicas()
             else:
                 trial.set_user_attr("hpo", self._attrs(inf, duplicate_of=c["trial"], duplicate_host=c["host"],
                                                        duplicate_state="RUNNING"))
