@@ -183,7 +183,10 @@ class Worker:
                 if backend is not None and backend.generation == self.store.generation and backend.my_worker_ids:
                     ids = list(backend.my_worker_ids)
                     self.store.run("hb", [self.store.hb_key(w) for w in ids], [self.hb_ttl_ms])
-                newer = self.store.fence_stale_masters() if n % 2 == 0 else None
+                newer = None
+                if n % 2 == 0:
+                    newer = self.store.fence_stale_masters()
+                    self.store.refresh_replicas()
                 if newer:
                     log.warning("a master with a newer writer record exists: %s", newer)
                     self.store.elect(stop=self._hb_stop)

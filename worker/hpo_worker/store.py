@@ -402,7 +402,17 @@ class Store:
         """Block until the replicas have our writes (if there are replicas)."""
         if self.replicas <= 0:
             return 0
-        return int(self.writer.execute_command("WAIT", self.replicas, timeout_ms))
+        got = int(self.writer.execute_command("WAIT", self.replicas, timeout_ms))
+        if got < self.replicas:  # a standby left: do not make every later trial wait for it
+            self.refresh_replicas()
+        return got
+
+    def refresh_replicas(self) -> None:
+        """Re-read how many replicas the writer has (a standby may have joined or left)."""
+        try:
+            self.replicas = int(self.writer.info("replication").get("connected_slaves", 0))
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            pass
 
     def hb_key(self, worker_id: str) -> str:
         return f"{self.ns}:hb:{worker_id}"
