@@ -11,7 +11,7 @@ import yaml
 ROLES = Path(__file__).resolve().parents[2] / "roles"
 # role -> (prefix of public names, options that are required and have no default)
 RAY_ROLES = {
-    "ray": ("ray_", {"ray_node_kind", "ray_start_args", "ray_num_cpus"}),
+    "ray": ("ray_", {"ray_node_kind", "ray_start_args", "ray_gcs_address", "ray_num_cpus"}),
     "ray_head": ("ray_head_", set()),
     "ray_worker": ("ray_worker_", set()),
     "ray_preflight": ("ray_preflight_", set()),

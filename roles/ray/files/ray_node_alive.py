@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Wait until the GCS lists an alive Ray node with this node IP.
+
+Usage: ray_node_alive.py GCS_ADDRESS NODE_IP TIMEOUT_SECONDS
+
+Run with the Ray virtualenv's Python. `ray start --block` keeps running even
+while its raylet has not registered yet; this asks the head's GCS directly.
+It uses ray._raylet.GcsClient, which is not a public API: the role pins the
+Ray version, and when the class is missing the check reports that it could
+not run (exit 0, "checked": false) instead of failing the node.
+Exit 1 with the alive nodes it saw when the node is not there in time.
+"""
+
+import json
+import sys
+import time
+
+
+def main() -> int:
+    if len(sys.argv) != 4:
+        print(__doc__, file=sys.stderr)
+        return 2
+    gcs_address, node_ip, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    try:
+        from ray._raylet import GcsClient
+    except ImportError as exc:
+        print(json.dumps({"checked": False, "reason": f"ray._raylet.GcsClient: {exc}"}))
+        return 0
+    deadline = time.monotonic() + timeout
+    alive: list[str] = []
+    error = None
+    while True:
+        try:
+            nodes = GcsClient(address=gcs_address).get_all_node_info(timeout=10)
+            alive = sorted(info.node_manager_address for info in nodes.values() if info.state == 0)
+            error = None
+        except Exception as exc:  # the GCS is restarting or unreachable: retry
+            error = str(exc)
+        if node_ip in alive:
+            print(json.dumps({"checked": True, "alive": alive}))
+            return 0
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(2)
+    print(json.dumps({"checked": True, "alive": alive, "error": error}))
+    print(
+        f"node {node_ip} is not an alive node of the Ray cluster at {gcs_address} "
+        f"after {timeout:.0f} s; alive nodes: {', '.join(alive) or 'none'}"
+        + (f"; last error: {error.rstrip('.')}" if error else "")
+        + ". See journalctl -u ray on this node.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
