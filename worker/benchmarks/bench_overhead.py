@@ -12,13 +12,16 @@ Throughput = COMPLETE trials / (last datetime_complete - first datetime_start),
 read back from each store, so process start-up is not counted. Per-trial
 overhead = 1 / throughput with one worker.
 
-    python benchmarks/bench_overhead.py [--workers 1,2,4,8] [--trials 300] [--json out.json]
+Each figure is the median of --repeat runs (SQLite: one run).
+
+    python benchmarks/bench_overhead.py [--workers 1,2,4,8] [--repeat 3] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,62 +64,59 @@ def throughput(trials) -> tuple[int, float]:
     return len(done), len(done) / (t1 - t0).total_seconds()
 
 
-def run(worker_counts: list[int], per_worker: int, base: int, sqlite_cap: int) -> dict:
+def run(worker_counts: list[int], per_worker: int, base: int, sqlite_cap: int, repeat: int) -> dict:
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalRedisBackend
 
     tmp = Path(tempfile.mkdtemp(prefix="hpo-bench-ovh-"))
     r = RedisProc(tmp, "redis").start()
     standby = RedisProc(tmp, "standby", replicaof=r).start()
+    counter = iter(range(1_000_000))
+
+    def hpo(w: int, total: int, with_standby: bool) -> tuple[int, float]:
+        r.client().flushall()
+        name = f"hpo{next(counter)}"
+        spec = write_spec(tmp / f"{name}.yaml", name=name, sampler={"type": "random"}, space=SPACE,
+                          budget={"n_trials": total}, objective="objectives:empty",
+                          worker={"heartbeat_interval": 2.0, "heartbeat_ttl": 10.0})
+        endpoints = [r.endpoint, standby.endpoint] if with_standby else [r.endpoint]
+        p = start_worker(spec, endpoints, worker_env(tmp / "unused.jsonl"), processes=w, log=tmp / f"{name}.log")
+        if p.wait(900) != 0:
+            raise SystemExit(f"hpo-worker failed; see {tmp}/{name}.log")
+        return throughput(load_trials(r.endpoint, name))
+
+    def plain(kind: str, w: int, total: int) -> tuple[int, float]:
+        name = f"{kind}{next(counter)}"
+        if kind == "optuna-redis":
+            r.client().flushall()
+            url = f"redis://:{PASSWORD}@127.0.0.1:{r.port}"
+        else:
+            url = f"sqlite:///{tmp / name}.db"
+            optuna.storages.RDBStorage(url)  # create the schema once, before the workers race
+        procs = [subprocess.Popen([sys.executable, __file__, "_plain", kind, url, name, str(total)])
+                 for _ in range(w)]
+        for pp in procs:
+            if pp.wait(900) != 0:
+                raise SystemExit(f"{kind} worker failed")
+        st = JournalStorage(JournalRedisBackend(url)) if kind == "optuna-redis" else optuna.storages.RDBStorage(url)
+        return throughput(optuna.load_study(study_name=name, storage=st).get_trials(deepcopy=False))
+
+    def median_of(times: int, fn, *args) -> dict:
+        runs = [fn(*args) for _ in range(times)]
+        return {"complete": runs[0][0], "trials_per_s": round(statistics.median(x[1] for x in runs), 1),
+                "runs": [round(x[1], 1) for x in runs]}
+
     rows = []
     try:
         for w in worker_counts:
             total = max(base, per_worker * w)
             row = {"workers": w, "trials": total}
-            # hpo-worker
-            r.client().flushall()
-            spec = write_spec(tmp / f"hpo{w}.yaml", name=f"hpo{w}", sampler={"type": "random"}, space=SPACE,
-                              budget={"n_trials": total}, objective="objectives:empty",
-                              worker={"heartbeat_interval": 2.0, "heartbeat_ttl": 10.0})
-            p = start_worker(spec, [r.endpoint], worker_env(tmp / "unused.jsonl"), processes=w, log=tmp / f"hpo{w}.log")
-            if p.wait(900) != 0:
-                raise SystemExit(f"hpo-worker failed; see {tmp}/hpo{w}.log")
-            n, tps = throughput(load_trials(r.endpoint, f"hpo{w}"))
-            row["hpo-worker"] = {"complete": n, "trials_per_s": round(tps, 1)}
-            # the same with a standby replica: every COMPLETE waits for it (WAIT)
-            r.client().flushall()
-            spec = write_spec(tmp / f"hpor{w}.yaml", name=f"hpor{w}", sampler={"type": "random"}, space=SPACE,
-                              budget={"n_trials": total}, objective="objectives:empty",
-                              worker={"heartbeat_interval": 2.0, "heartbeat_ttl": 10.0})
-            p = start_worker(spec, [r.endpoint, standby.endpoint], worker_env(tmp / "unused.jsonl"), processes=w,
-                             log=tmp / f"hpor{w}.log")
-            if p.wait(900) != 0:
-                raise SystemExit(f"hpo-worker with standby failed; see {tmp}/hpor{w}.log")
-            n, tps = throughput(load_trials(r.endpoint, f"hpor{w}"))
-            row["hpo-worker+standby"] = {"complete": n, "trials_per_s": round(tps, 1)}
-            # plain optuna on redis and on sqlite
-            for kind in ("optuna-redis", "optuna-sqlite"):
-                if kind == "optuna-redis":
-                    r.client().flushall()
-                    url = f"redis://:{PASSWORD}@127.0.0.1:{r.port}"
-                else:
-                    db = tmp / f"s{w}.db"
-                    url = f"sqlite:///{db}"
-                    optuna.storages.RDBStorage(url)  # create the schema once, before the workers race
-                n_plain = total if kind == "optuna-redis" else min(total, sqlite_cap)
-                procs = [subprocess.Popen([sys.executable, __file__, "_plain", kind, url, f"{kind}{w}", str(n_plain)])
-                         for _ in range(w)]
-                for pp in procs:
-                    if pp.wait(900) != 0:
-                        raise SystemExit(f"{kind} worker failed")
-                if kind == "optuna-redis":
-                    from optuna.storages import JournalStorage
-                    from optuna.storages.journal import JournalRedisBackend
-                    st = JournalStorage(JournalRedisBackend(url))
-                else:
-                    st = optuna.storages.RDBStorage(url)
-                trials = optuna.load_study(study_name=f"{kind}{w}", storage=st).get_trials(deepcopy=False)
-                n, tps = throughput(trials)
-                row[kind] = {"complete": n, "trials_per_s": round(tps, 1)}
+            # interleaved, so each store sees the same machine conditions
+            row["hpo-worker"] = median_of(repeat, hpo, w, total, False)
+            row["optuna-redis"] = median_of(repeat, plain, "optuna-redis", w, total)
+            row["hpo-worker+standby"] = median_of(repeat, hpo, w, total, True)
+            row["optuna-sqlite"] = median_of(1, plain, "optuna-sqlite", w, min(total, sqlite_cap))
             row["ratio_time_per_trial_hpo_vs_optuna_redis"] = round(
                 row["optuna-redis"]["trials_per_s"] / row["hpo-worker"]["trials_per_s"], 3)
             rows.append(row)
@@ -124,7 +124,7 @@ def run(worker_counts: list[int], per_worker: int, base: int, sqlite_cap: int) -
     finally:
         standby.stop()
         r.stop()
-    return {"rows": rows}
+    return {"repeat": repeat, "rows": rows}
 
 
 def main() -> None:
@@ -134,13 +134,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", default="1,2,4,8")
     ap.add_argument("--trials", type=int, default=100, help="trials per worker (at least --base in all)")
-    ap.add_argument("--base", type=int, default=300)
+    ap.add_argument("--base", type=int, default=600)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per store and worker count; the median is kept")
     ap.add_argument("--sqlite-trials", type=int, default=150,
                     help="cap on SQLite trials per run (it is 10-40x slower; keeps the run bounded)")
     ap.add_argument("--json")
     a = ap.parse_args()
     t0 = time.monotonic()
-    out = run([int(x) for x in a.workers.split(",")], a.trials, a.base, a.sqlite_trials)
+    out = run([int(x) for x in a.workers.split(",")], a.trials, a.base, a.sqlite_trials, a.repeat)
     print()
     print(f"{'workers':>7} {'trials':>6} {'hpo t/s':>8} {'hpo+sb t/s':>10} {'redis t/s':>9} {'sqlite t/s':>10} "
           f"{'hpo ms/trial':>12} {'redis ms/trial':>14} {'hpo/redis time':>14}")
