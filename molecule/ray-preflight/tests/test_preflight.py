@@ -118,6 +118,14 @@ def test_mismatch_is_caught_when_limit_leaves_the_head_out(head_before):
     assert_nothing_changed(output, head_before)
 
 
+def test_a_ray_version_difference_is_named_too(head_before):
+    output = run_ray_playbook("ray-version", "--limit", "pf-trixie")
+    row = table_row(output, "pf-trixie")
+    assert "not installed - will install 2.59.0" in row
+    assert "Ray 2.59.0 != 2.60.0" in row and re.search(r"Python 3\.13\.\d+ != 3\.11\.\d+", row)
+    assert_nothing_changed(output, head_before)
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
