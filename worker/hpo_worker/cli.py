@@ -165,9 +165,9 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SpecError(f"{args.spec}: {exc}") from None
 
-    def make() -> Worker:
+    def make(index: int) -> Worker:
         fn = objective if objective is not None else load_objective(spec.objective, args.code_dir)
-        return Worker(spec, _store(args), host, fn)
+        return Worker(spec, _store(args), host, fn, index)
 
     return run_processes(make, args.processes)
 

@@ -109,8 +109,10 @@ def _now_iso() -> str:
 class Worker:
     """One worker process for one study."""
 
-    def __init__(self, spec: StudySpec, store: Store, host: str, objective: Callable[..., Any]) -> None:
+    def __init__(self, spec: StudySpec, store: Store, host: str, objective: Callable[..., Any],
+                 index: int = 0) -> None:
         self.spec = spec
+        self.worker_key = f"{host}/{index}"
         self.store = store
         self.host = host
         self.objective = objective
@@ -162,7 +164,7 @@ class Worker:
         storage = JournalStorage(self.backend)
         self.study = optuna.create_study(
             storage=storage, study_name=self.spec.name, load_if_exists=True,
-            directions=list(self.spec.directions), sampler=self.spec.build_sampler())
+            directions=list(self.spec.directions), sampler=self.spec.build_sampler(self.worker_key))
         # GridSampler calls study.stop() when the grid is used up; that is only allowed
         # inside optimize(). We drive ask/tell ourselves and decide when to stop.
         self.study._thread_local.in_optimize_loop = True
@@ -514,10 +516,10 @@ class Worker:
             pass
 
 
-def run_processes(make_worker: Callable[[], Worker], processes: int) -> int:
+def run_processes(make_worker: Callable[[int], Worker], processes: int) -> int:
     """Fork N children, each a Worker; forward SIGTERM/SIGINT; exit 0 if all stopped cleanly."""
     if processes <= 1:
-        return _run_child(make_worker)
+        return _run_child(make_worker, 0)
     children: list[int] = []
     received: list[int] = []
 
@@ -532,13 +534,13 @@ def run_processes(make_worker: Callable[[], Worker], processes: int) -> int:
     # installed before forking: a stop that arrives while children start is not lost
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for _ in range(processes):
+    for index in range(processes):
         pid = os.fork()
         if pid == 0:
             os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only; it forwards once
             code = 1
             try:
-                code = _run_child(make_worker)
+                code = _run_child(make_worker, index)
             except BaseException:  # noqa: BLE001 - report anything, exit non-zero
                 traceback.print_exc()
             finally:
@@ -566,7 +568,7 @@ def run_processes(make_worker: Callable[[], Worker], processes: int) -> int:
     return worst
 
 
-def _run_child(make_worker: Callable[[], Worker]) -> int:
+def _run_child(make_worker: Callable[[int], Worker], index: int) -> int:
     """Build a worker (importing the objective may take a while) without losing a stop signal."""
     early: list[int] = []
 
@@ -575,7 +577,7 @@ def _run_child(make_worker: Callable[[], Worker]) -> int:
 
     signal.signal(signal.SIGTERM, remember)
     signal.signal(signal.SIGINT, remember)
-    worker = make_worker()
+    worker = make_worker(index)
     worker.install_signal_handlers()
     if signal.SIGTERM in early or early.count(signal.SIGINT) > 1:
         worker.stop_event.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -107,10 +108,15 @@ class StudySpec:
     def fingerprint(self, params: dict[str, Any]) -> str:
         return params_fingerprint(self.canonical_params(params))
 
-    def build_sampler(self) -> optuna.samplers.BaseSampler:
+    def build_sampler(self, worker_key: str | None = None) -> optuna.samplers.BaseSampler:
+        """The spec's sampler. With a seed and a ``worker_key`` (host and process index),
+        each worker gets its own seed derived from both, so workers do not all draw the
+        same sequence (which the duplicate guard would then turn into PRUNED trials)."""
         s = dict(self.sampler)
         kind = s.pop("type")
         seed = s.pop("seed", None)
+        if seed is not None and worker_key:
+            seed = (seed + zlib.crc32(worker_key.encode())) % 2**32
         if kind == "tpe":
             return optuna.samplers.TPESampler(seed=seed, multivariate=s.pop("multivariate", False), **s)
         if kind == "nsga3":

@@ -144,3 +144,10 @@ def test_shipped_example_validates_and_imports():
                           "--code-dir", str(root)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "objective toy_objective:quadratic imports" in res.stdout
+
+
+def test_seed_is_per_worker_but_stable():
+    s = parse_spec(spec_with(sampler={"type": "random", "seed": 5}), "r.yaml")
+    draw = lambda key: s.build_sampler(key)._rng.rng.randint(0, 10**9)  # noqa: E731
+    assert draw("m8/0") == draw("m8/0")
+    assert draw("m8/0") != draw("m8/1") != draw("m10/0")
