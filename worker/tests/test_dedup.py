@@ -102,3 +102,18 @@ def test_multi_objective_nsga3_values_reused(servers, tmp_path):
     assert all(t.values == [float(t.params["x"]), float(t.params["y"])] for t in done)
     started = [e for e in read_evals(evals) if e["phase"] == "start"]
     assert len(started) == len({json.dumps(e["params"], sort_keys=True) for e in started}) <= 6
+
+
+def test_report_lists_every_study_sorted(servers, tmp_path):
+    r = servers("rp")
+    for name in ("zeta", "alpha"):
+        spec = write_spec(tmp_path / f"{name}.yaml", name=name, budget={"n_trials": 4})
+        p = start_worker(spec, [r.endpoint], worker_env(tmp_path / "e.jsonl"), host=f"host-{name}",
+                         log=tmp_path / "w.log")
+        assert p.wait(60) == 0, (tmp_path / "w.log").read_text()[-2000:]
+    rep = subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--endpoints", r.endpoint],
+                         env=worker_env(tmp_path / "e.jsonl"), capture_output=True, text=True, timeout=60)
+    assert rep.returncode == 0, rep.stderr
+    heads = [ln for ln in rep.stdout.splitlines() if ln[:1].isdigit()]
+    assert heads == ["0 alpha", "1 zeta"], rep.stdout
+    assert "host-alpha:" in rep.stdout and "host-zeta:" in rep.stdout

@@ -130,3 +130,17 @@ def test_sigkill_trial_reaped_and_requeued_slow_trial_kept(servers, tmp_path):
     grace = redone[0]["t"] - t_kill
     assert grace < 6, f"reaped after {grace:.1f}s (TTL 1.5 s + interval 0.3 s, plus a loaded machine)"
     print(f"SIGKILLed trial re-evaluated {grace:.2f}s after the kill")
+
+
+def test_sigterm_while_store_is_down_still_exits_zero(servers, tmp_path):
+    r = servers("d")
+    spec = write_spec(tmp_path / "s.yaml", name="down", space=SPACE, budget={"n_trials": 5})
+    evals = tmp_path / "e.jsonl"
+    p = start_worker(spec, [r.endpoint], worker_env(evals, sleep=60), processes=2, log=tmp_path / "w.log")
+    wait_for(lambda: len(starts(evals)) == 2, what="2 trials in flight")
+    r.kill()
+    time.sleep(1.0)  # the heartbeat threads notice and start electing
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(30) == 0, (tmp_path / "w.log").read_text()[-3000:]
+    assert time.monotonic() - t0 < 10
