@@ -10,8 +10,13 @@ alias) and so works even without the state file.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +32,17 @@ from testbed.host import (
     mounts_under,
     nspawn_processes,
     orphan_inits,
+    processes_with,
     raise_kernel_limits,
     require_free_space,
     run,
     ssh_key_path,
 )
 from testbed.nodes import Node, kill_orphans, stop_nspawn
+from testbed.pypi_cache import PORT as PYPI_CACHE_PORT
 
 CLUSTERS_DIR = STATE_DIR / "clusters"
+PYPI_CACHE_DIR = STATE_DIR / "pypi-cache"
 INVENTORY_DIR = REPO_DIR / "inventory" / "testbed" / "generated"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 BOOT_TIMEOUT = 120.0
@@ -130,6 +138,7 @@ class Cluster:
             network.ensure_bridge(self.index, self.name)
             network.ensure_nat(self.name, self.index)
             raise_kernel_limits()
+            self._ensure_pypi_cache()
             public_key = ssh_key_path().with_suffix(".pub").read_text()
             hosts = {n: self.node(n).address for n in self.nodes}
             for name in names:
@@ -176,6 +185,44 @@ class Cluster:
                 self._remove_node_files(name)
                 record["base"] = str(base)
                 self.save()
+
+    # ---- the PyPI cache the nodes use (see pypi_cache.py) ----------------
+
+    @property
+    def _cache_marker(self) -> str:
+        return f"--cluster-dir={self.directory}"
+
+    def _ensure_pypi_cache(self) -> None:
+        if processes_with(self._cache_marker):
+            return
+        address = network.host_address(self.index)
+        log_file = open(self.directory / "pypi-cache.log", "ab")  # noqa: SIM115  handed to the child
+        with log_file:
+            subprocess.Popen(  # noqa: S603  fixed argv
+                [sys.executable, "-m", "testbed.pypi_cache", "--listen", address,
+                 "--port", str(PYPI_CACHE_PORT), "--cache", str(PYPI_CACHE_DIR),
+                 self._cache_marker],
+                cwd=REPO_DIR, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((address, PYPI_CACHE_PORT), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise TestbedError(
+            f"the PyPI cache for the nodes did not start on {address}:{PYPI_CACHE_PORT}; "
+            f"see {self.directory / 'pypi-cache.log'}"
+        )
+
+    def _stop_pypi_cache(self) -> None:
+        for pid in processes_with(self._cache_marker):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def _wait(self, nodes: list[Node]) -> None:
         """Wait until systemd in every node is up and SSH answers."""
@@ -251,6 +298,7 @@ class Cluster:
             if pids:
                 log(f"stopping {len(pids)} node(s) of {self.name}")
                 stop_nspawn(pids, grace=10.0)
+            self._stop_pypi_cache()
             orphans = kill_orphans(self.directory)
             if orphans:
                 log(f"killed {len(orphans)} node(s) whose systemd-nspawn had died")
@@ -312,6 +360,20 @@ def all_clusters() -> list[Cluster]:
     ]
 
 
+def processes_with_prefix(prefix: str) -> list[int]:
+    """PIDs of processes with an argument starting with `prefix`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(arg.startswith(prefix.encode()) for arg in argv):
+                found.append(int(entry.name))
+    return found
+
+
 def known_cluster_names() -> list[str]:
     """Every cluster name the host shows a trace of: state directories,
     bridge labels, NAT rule comments, generated inventories."""
@@ -339,13 +401,15 @@ def leftovers(names: list[str] | None = None) -> dict[str, list[str]]:
             "nodes": [f"pid {pid}: {d}" for pid, d in sorted(nspawn_processes(CLUSTERS_DIR).items())]
         + [f"pid {pid} (orphan): {d}" for pid, d in sorted(orphan_inits(CLUSTERS_DIR).items())],
             "mounts": [str(m) for m in mounts_under(CLUSTERS_DIR)],
+            "pypi caches": [str(pid) for pid in processes_with_prefix(f"--cluster-dir={CLUSTERS_DIR}/")],
             "bridges": network.testbed_bridges(),
             "nat rules": [f"{table}: {rule}" for table, rule in network.testbed_rules()],
             "inventories": sorted(str(p) for p in INVENTORY_DIR.glob("*.yml"))
             if INVENTORY_DIR.exists() else [],
         }
     result: dict[str, list[str]] = {
-        "clusters": [], "nodes": [], "mounts": [], "bridges": [], "nat rules": [], "inventories": [],
+        "clusters": [], "nodes": [], "mounts": [], "pypi caches": [], "bridges": [], "nat rules": [],
+        "inventories": [],
     }
     for name in names:
         cluster = Cluster(check_name("cluster", name))
@@ -355,6 +419,7 @@ def leftovers(names: list[str] | None = None) -> dict[str, list[str]]:
             f"pid {pid}: {d}" for pid, d in sorted(nspawn_processes(cluster.directory).items())
         ] + [f"pid {pid} (orphan): {d}" for pid, d in sorted(orphan_inits(cluster.directory).items())]
         result["mounts"] += [str(m) for m in mounts_under(cluster.directory)]
+        result["pypi caches"] += [str(pid) for pid in processes_with(cluster._cache_marker)]
         result["bridges"] += bridges_of(name)
         result["nat rules"] += [f"{t}: {r}" for t, r in network.testbed_rules(name)]
         if cluster.inventory_path.exists():

@@ -216,6 +216,21 @@ def orphan_inits(prefix: Path) -> dict[int, str]:
     return found
 
 
+def processes_with(argument: str) -> list[int]:
+    """PIDs of processes that have `argument` as one of their arguments."""
+    found = []
+    wanted = argument.encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if wanted in argv:
+                found.append(int(entry.name))
+    return found
+
+
 def nspawn_processes(prefix: Path) -> dict[int, str]:
     """systemd-nspawn processes whose -D directory lies below `prefix`."""
     found: dict[int, str] = {}

@@ -28,6 +28,7 @@ from testbed.host import (
     run,
     ssh_command,
 )
+from testbed.pypi_cache import PORT as PYPI_CACHE_PORT
 
 #: Host directory shared by all nodes as pip's cache (see /etc/pip.conf).
 PIP_CACHE = STATE_DIR / "pip-cache"
@@ -84,15 +85,16 @@ class Node:
             f"[Network]\nAddress={self.address}/24\nGateway={self.gateway}\n"
             "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
         )
-        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-        lines += [f"{addr}\t{name}" for name, addr in sorted(hosts.items())]
-        (etc / "hosts").write_text("# written by hpo-testbed\n" + "\n".join(lines) + "\n")
+        write_hosts_block(etc / "hosts", hosts)
         locale = etc / "default" / "locale"
         if not locale.exists():  # pam_env warns at every login without it
             locale.write_text("LANG=C.UTF-8\n")
         (etc / "pip.conf").write_text(
-            "# written by hpo-testbed: one download cache shared by all test nodes\n"
+            "# written by hpo-testbed: PyPI through the host's caching proxy (testbed/pypi_cache.py),\n"
+            "# so a wheel is downloaded once for all nodes; wheels built here are cached too\n"
             "[global]\n"
+            f"index-url = http://{self.gateway}:{PYPI_CACHE_PORT}/simple/\n"
+            f"trusted-host = {self.gateway}\n"
             f"cache-dir = {PIP_CACHE_IN_NODE}\n"
             "cert = /etc/ssl/certs/ca-certificates.crt\n"
         )
@@ -211,6 +213,28 @@ class Node:
         for mount_point in mounts_under(self.directory):
             if run(["umount", str(mount_point)], check=False).returncode != 0:
                 run(["umount", "--lazy", str(mount_point)])
+
+
+HOSTS_BEGIN = "# BEGIN hpo-testbed cluster nodes"
+HOSTS_END = "# END hpo-testbed cluster nodes"
+
+
+def write_hosts_block(path: Path, hosts: dict[str, str]) -> None:
+    """Keep the cluster's names in a marked block of /etc/hosts; lines that
+    others (a role under test) added outside the block stay as they are."""
+    old = path.read_text().splitlines() if path.exists() else []
+    if HOSTS_BEGIN in old and HOSTS_END in old:
+        start, end = old.index(HOSTS_BEGIN), old.index(HOSTS_END)
+        before, after = old[:start], old[end + 1:]
+    else:
+        before = [line for line in old if line.strip()] or [
+            "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"
+        ]
+        after = []
+    block = [HOSTS_BEGIN] + [f"{addr}\t{name}" for name, addr in sorted(hosts.items())] + [HOSTS_END]
+    text = "\n".join(before + block + after) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 def _alive(pid: int) -> bool:

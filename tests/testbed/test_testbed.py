@@ -96,6 +96,9 @@ def test_up_twice_is_harmless(cluster):
     starts = {n: on_node(cluster, n, "cut -d' ' -f22 /proc/1/stat") for n in ids}
     assert len(set(ids.values())) == 2, "nodes must not share a machine-id"
 
+    # something the node's own software adds to /etc/hosts survives another up
+    on_node(cluster, f"{cluster}-1", "echo '198.18.255.254 added-by-a-role' >> /etc/hosts")
+
     second = run_testbed("--cluster", cluster, "up", "2")
     assert "booting" not in second.stderr, second.stderr
     assert second.stderr.count("already running") == 2
@@ -104,6 +107,8 @@ def test_up_twice_is_harmless(cluster):
         assert on_node(cluster, node, "cat /etc/machine-id") == machine_id
         assert_running(cluster, node)
         assert on_node(cluster, node, "cut -d' ' -f22 /proc/1/stat") == starts[node]
+    hosts = on_node(cluster, f"{cluster}-1", "cat /etc/hosts")
+    assert "added-by-a-role" in hosts and f"\t{cluster}-2" in hosts, hosts
     status = run_testbed("--cluster", cluster, "status").stdout
     assert status.count("running") == 2
 
@@ -159,14 +164,18 @@ def test_node_from_another_release(cluster):
     state = json.loads((STATE / "clusters" / cluster / "cluster.json").read_text())
     old_address = f"198.18.{state['index']}.{11 + state['nodes']['old']['slot']}"
     on_node(cluster, "new", f"ping -c 1 -W 2 {old_address}")
-    # and the package registries through the host's NAT, trusting the host's CAs
-    pip = on_node(cluster, "new", "python3 -m venv /tmp/v && /tmp/v/bin/pip download "
-                  "--no-deps -d /tmp/d six==1.16.0 && ls /tmp/d")
-    assert "six-1.16.0" in pip
-    # pip in the node used the host-side cache shared by all nodes (/etc/pip.conf)
-    assert "/var/cache/hpo-testbed/pip" in on_node(cluster, "new", "/tmp/v/bin/pip cache dir")
-    cached = [p for p in (STATE / "pip-cache").rglob("*") if p.is_file()]
-    assert cached, "the host's pip cache stayed empty"
+    # PyPI through the host's caching proxy: both nodes download a wheel, the
+    # host fetched it from PyPI at most once (it may be cached from earlier runs)
+    for node in ("old", "new"):
+        got = on_node(cluster, node, "python3 -m venv /tmp/v && /tmp/v/bin/pip download "
+                      "--no-deps -d /tmp/d six==1.16.0 && ls /tmp/d")
+        assert "six-1.16.0" in got
+    log = (STATE / "clusters" / cluster / "pypi-cache.log").read_text()
+    assert log.count("serving six-1.16.0-py2.py3-none-any.whl") == 2, log
+    assert log.count("downloaded six-1.16.0-py2.py3-none-any.whl") <= 1, log
+    assert list((STATE / "pypi-cache").rglob("six-1.16.0-py2.py3-none-any.whl"))
+    # HTTPS from a node goes through the host's NAT and trusts the host's CAs
+    assert on_node(cluster, "new", "curl -sS -o /dev/null -w '%{http_code}' https://pypi.org/simple/six/") == "200"
     # node names are unique on the host, across clusters
     clash = run_testbed("--cluster", "tbtest-other", "up", "old", check=False)
     assert clash.returncode == 2 and "already used by cluster tbtest-mix" in clash.stderr
