@@ -141,8 +141,9 @@ class Cluster:
             self._ensure_pypi_cache()
             public_key = ssh_key_path().with_suffix(".pub").read_text()
             hosts = {n: self.node(n).address for n in self.nodes}
+            booted: dict[str, Node] = {}
             for name in names:
-                node = self.node(name)
+                node = booted[name] = self.node(name)
                 node.mount()
                 node.personalize(public_key, hosts)
                 if node.is_running():
@@ -155,7 +156,7 @@ class Cluster:
                 other = self.node(name)
                 if other.rootfs in mounts_under(other.rootfs):
                     other.personalize(public_key, hosts)
-            self._wait([self.node(n) for n in names])
+            self._wait(list(booted.values()))
             self.write_inventory()
 
     def _allocate(self, names: list[str], releases: dict[str, str]) -> None:
@@ -231,8 +232,11 @@ class Cluster:
         while pending:
             for name, node in list(pending.items()):
                 if not node.is_running():
+                    reason = node.exit_reason()
                     raise TestbedError(
-                        f"node {name} exited while booting. Its log:\n{node.journal_tail()}"
+                        f"node {name} exited while booting"
+                        f"{f' (systemd-nspawn: {reason})' if reason else ''}. "
+                        f"Its log:\n{node.journal_tail()}"
                     )
                 state = node.system_state()
                 if state in ("running", "degraded") and node.ssh_ok():

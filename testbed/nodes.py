@@ -45,6 +45,9 @@ class Node:
     release: str
     base: Path
 
+    #: the systemd-nspawn started by this command, if it started one
+    process: subprocess.Popen[bytes] | None = None
+
     @property
     def rootfs(self) -> Path:
         return self.directory / "rootfs"
@@ -101,6 +104,13 @@ class Node:
 
     # ---- processes ----------------------------------------------------
 
+    def exit_reason(self) -> str:
+        """How the systemd-nspawn this command started ended ('' if unknown)."""
+        if self.process is None or self.process.poll() is None:
+            return ""
+        code = self.process.returncode
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
     def nspawn_pid(self) -> int | None:
         pids = nspawn_processes(self.directory)
         return min(pids) if pids else None
@@ -130,7 +140,7 @@ class Node:
         ]
         console = open(self.directory / "console.log", "ab")  # noqa: SIM115  handed to the child
         with console:
-            subprocess.Popen(  # noqa: S603  fixed argv, no shell
+            self.process = subprocess.Popen(  # noqa: S603  fixed argv, no shell
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
