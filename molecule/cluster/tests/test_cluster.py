@@ -47,7 +47,10 @@ from hpo_worker.store import FencedJournalBackend, Store, parse_endpoints
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 store = Store(parse_endpoints(os.environ["HPO_KEYDB_ENDPOINTS"]), password=os.environ["HPO_KEYDB_PASSWORD"])
 store.elect(wait=10)
-study = optuna.load_study(study_name=sys.argv[1], storage=JournalStorage(FencedJournalBackend(store, 10000)))
+name = sys.argv[1]
+# The worker keeps one journal per study (FencedJournalBackend(store, hb_ttl_ms, study)).
+backend = FencedJournalBackend(store, 0, name)
+study = optuna.load_study(study_name=name, storage=JournalStorage(backend))
 out = []
 for t in study.get_trials(deepcopy=False):
     hpo = t.user_attrs.get("hpo") if isinstance(t.user_attrs.get("hpo"), dict) else {}
