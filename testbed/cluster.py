@@ -33,6 +33,7 @@ from testbed.host import (
     nspawn_processes,
     orphan_inits,
     processes_with,
+    processes_with_prefix,
     raise_kernel_limits,
     require_free_space,
     run,
@@ -362,20 +363,6 @@ def all_clusters() -> list[Cluster]:
         for p in sorted(CLUSTERS_DIR.iterdir())
         if p.is_dir() and NAME_RE.match(p.name)
     ]
-
-
-def processes_with_prefix(prefix: str) -> list[int]:
-    """PIDs of processes with an argument starting with `prefix`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(arg.startswith(prefix.encode()) for arg in argv):
-                found.append(int(entry.name))
-    return found
 
 
 def known_cluster_names() -> list[str]:

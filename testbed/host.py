@@ -216,19 +216,30 @@ def orphan_inits(prefix: Path) -> dict[int, str]:
     return found
 
 
-def processes_with(argument: str) -> list[int]:
-    """PIDs of processes that have `argument` as one of their arguments."""
+def processes_where(match) -> list[int]:
+    """PIDs of processes for which `match(argument)` holds for one of their arguments (bytes)."""
     found = []
-    wanted = argument.encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if wanted in argv:
+            if any(match(arg) for arg in argv):
                 found.append(int(entry.name))
     return found
+
+
+def processes_with(argument: str) -> list[int]:
+    """PIDs of processes that have `argument` as one of their arguments."""
+    wanted = argument.encode()
+    return processes_where(lambda arg: arg == wanted)
+
+
+def processes_with_prefix(prefix: str) -> list[int]:
+    """PIDs of processes with an argument starting with `prefix`."""
+    wanted = prefix.encode()
+    return processes_where(lambda arg: arg.startswith(wanted))
 
 
 def nspawn_processes(prefix: Path) -> dict[int, str]:
