@@ -1,6 +1,6 @@
-"""Checks of the optuna_worker role that need no node.
+"""Checks of the optuna_worker role that need no node (its argument specs:
+tests/roles/test_argument_specs.py).
 
-- meta/argument_specs.yml mirrors defaults/main.yml: same variables, same defaults;
 - files/pack_source.py gives byte-identical archives for identical sources
   (the role's idempotence rests on it) and skips caches;
 - the unit template keeps the stop and hardening settings the issue asks for.
@@ -14,33 +14,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-import yaml
-
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "optuna_worker"
-
-
-def _yaml(rel: str):
-    return yaml.safe_load((ROLE / rel).read_text())
-
-
-def test_argument_specs_mirror_defaults() -> None:
-    defaults = _yaml("defaults/main.yml")
-    options = _yaml("meta/argument_specs.yml")["argument_specs"]["main"]["options"]
-    assert sorted(defaults) == sorted(options), "variables differ between defaults and argument specs"
-    for name, value in defaults.items():
-        assert "default" in options[name], f"{name}: no default in argument specs"
-        spec_default = options[name]["default"]
-        if isinstance(value, str):
-            # Folded scalars differ only in whitespace.
-            assert " ".join(value.split()) == " ".join(str(spec_default).split()), name
-        else:
-            assert value == spec_default, name
-        assert options[name].get("description"), f"{name}: no description"
-
-
-def test_every_variable_is_prefixed() -> None:
-    assert all(name.startswith("optuna_worker_") for name in _yaml("defaults/main.yml"))
-    assert all(name.startswith("__optuna_worker_") for name in _yaml("vars/main.yml"))
 
 
 def _pack(src: Path, dest: Path, top: str = "") -> str:
