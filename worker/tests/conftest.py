@@ -134,10 +134,21 @@ def start_worker(spec: Path, endpoints: list[str], env: dict, host: str = "h1", 
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def read_evals(path: Path) -> list[dict]:
+def read_evals(path: Path, phase: str | None = None) -> list[dict]:
+    """The objective's records ("start"/"end" per evaluation), only `phase` if given."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if phase is None or r["phase"] == phase]
+
+
+def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `cond` every 50 ms; fail the test naming `what` after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not cond():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def load_trials(endpoint: str, study: str):

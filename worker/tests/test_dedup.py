@@ -21,7 +21,7 @@ def test_eight_workers_fifty_points_each_evaluated_once(servers, tmp_path):
     assert p.wait(240) == 0, (tmp_path / "w.log").read_text()[-3000:]
 
     trials = load_trials(r.endpoint, "dedup")
-    started = [tuple(sorted(e["params"].items())) for e in read_evals(evals) if e["phase"] == "start"]
+    started = [tuple(sorted(e["params"].items())) for e in read_evals(evals, "start")]
     counts = collections.Counter(started)
     assert counts and max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
     drawn = {tuple(sorted(t.params.items())) for t in trials if t.params}
@@ -100,7 +100,7 @@ def test_multi_objective_nsga3_values_reused(servers, tmp_path):
     done = [t for t in load_trials(r.endpoint, "mo") if t.state.name == "COMPLETE"]
     assert len(done) >= 15
     assert all(t.values == [float(t.params["x"]), float(t.params["y"])] for t in done)
-    started = [e for e in read_evals(evals) if e["phase"] == "start"]
+    started = [e for e in read_evals(evals, "start")]
     assert len(started) == len({json.dumps(e["params"], sort_keys=True) for e in started}) <= 6
 
 

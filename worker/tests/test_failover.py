@@ -9,19 +9,11 @@ import collections
 import json
 import time
 
-from conftest import load_trials, read_evals, start_worker, worker_env, write_spec
-
-
-def wait_for(cond, timeout=60.0, what="condition"):
-    deadline = time.time() + timeout
-    while not cond():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from conftest import load_trials, read_evals, start_worker, wait_for, worker_env, write_spec
 
 
 def ends(evals):
-    return [e for e in read_evals(evals) if e["phase"] == "end"]
+    return read_evals(evals, "end")
 
 
 def key(params):
@@ -37,14 +29,14 @@ def test_writer_killed_workers_follow_standby_old_writer_fenced(servers, tmp_pat
                       budget={"n_trials": 110})
     evals = tmp_path / "e.jsonl"
     p = start_worker(spec, endpoints, worker_env(evals, sleep=0.05), processes=4, log=tmp_path / "w.log")
-    wait_for(lambda: len(ends(evals)) >= 30, what="30 evaluations before the kill")
+    wait_for(lambda: len(ends(evals)) >= 30, 60, what="30 evaluations before the kill")
 
     before = {key(t.params): t.value for t in load_trials(m1.endpoint, "fo") if t.state.name == "COMPLETE"}
     m1.kill()
     t_kill = time.time()
     assert before
 
-    wait_for(lambda: len([e for e in ends(evals) if e["t"] > t_kill]) >= 20, what="progress on the standby")
+    wait_for(lambda: len([e for e in ends(evals) if e["t"] > t_kill]) >= 20, 60, what="progress on the standby")
     # the old writer comes back with its old data, as a master (the worst case for Redis)
     m1.start(replicaof=None)
     old_len = m1.client().llen("hpo:journal:fo")

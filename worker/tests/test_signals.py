@@ -4,22 +4,14 @@ import collections
 import signal
 import time
 
-from conftest import PASSWORD, load_trials, read_evals, start_worker, worker_env, write_spec
+from conftest import PASSWORD, load_trials, read_evals, start_worker, wait_for, worker_env, write_spec
 from hpo_worker.store import Store
 
 SPACE = {"x": {"type": "int", "low": 0, "high": 9}, "y": {"type": "int", "low": 0, "high": 4}}
 
 
-def wait_for(cond, timeout=30.0, what="condition"):
-    deadline = time.time() + timeout
-    while not cond():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def starts(evals):
-    return [e for e in read_evals(evals) if e["phase"] == "start"]
+    return read_evals(evals, "start")
 
 
 def claims(endpoint, study):
@@ -72,7 +64,7 @@ def test_sigint_finishes_trial_then_exits(servers, tmp_path):
     assert p.wait(30) == 0, (tmp_path / "w.log").read_text()[-3000:]
     trials = load_trials(r.endpoint, "int")
     assert [t.state.name for t in trials] == ["COMPLETE"]
-    ends = [e for e in read_evals(evals) if e["phase"] == "end"]
+    ends = read_evals(evals, "end")
     assert len(ends) == 1 and trials[0].params == ends[0]["params"]
 
 
