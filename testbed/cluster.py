@@ -10,7 +10,6 @@ alias) and so works even without the state file.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -37,6 +36,7 @@ from testbed.host import (
     raise_kernel_limits,
     require_free_space,
     run,
+    send_signal,
     ssh_key_path,
 )
 from testbed.nodes import Node, kill_orphans, stop_nspawn
@@ -221,10 +221,7 @@ class Cluster:
 
     def _stop_pypi_cache(self) -> None:
         for pid in processes_with(self._cache_marker):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            send_signal(pid, signal.SIGTERM)
 
     def _wait(self, nodes: list[Node]) -> None:
         """Wait until systemd in every node is up and SSH answers."""

@@ -216,6 +216,12 @@ def orphan_inits(prefix: Path) -> dict[int, str]:
     return found
 
 
+def send_signal(pid: int, sig: int) -> None:
+    """Signal `pid`; a process that is already gone is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
 def processes_where(match) -> list[int]:
     """PIDs of processes for which `match(argument)` holds for one of their arguments (bytes)."""
     found = []

@@ -26,6 +26,7 @@ from testbed.host import (
     nspawn_processes,
     orphan_inits,
     run,
+    send_signal,
     ssh_command,
 )
 from testbed.pypi_cache import PORT as PYPI_CACHE_PORT
@@ -257,44 +258,32 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _wait_gone(pids: list[int], timeout: float, step: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(step)
+
+
 def stop_nspawn(pids: list[int], grace: float) -> None:
     """SIGTERM systemd-nspawn processes (orderly poweroff), then SIGKILL."""
     for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.2)
+        send_signal(pid, signal.SIGTERM)
+    _wait_gone(pids, grace, 0.2)
     for pid in pids:
         if _alive(pid):
             # killing the container's PID 1 ends its whole PID namespace
             for child in _descendants(pid):
-                try:
-                    os.kill(child, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.2)
+                send_signal(child, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
+    _wait_gone(pids, 10, 0.2)
 
 
 def kill_orphans(prefix: Path) -> list[int]:
     """Kill nodes' systemd left running without their systemd-nspawn."""
     pids = list(orphan_inits(prefix))
     for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)  # PID 1 of a namespace: takes all of it along
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
+        send_signal(pid, signal.SIGKILL)  # PID 1 of a namespace: takes all of it along
+    _wait_gone(pids, 10, 0.1)
     return pids
 
 
