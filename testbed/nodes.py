@@ -117,6 +117,12 @@ class Node:
         return min(pids) if pids else None
 
     def is_running(self) -> bool:
+        # The systemd-nspawn this command started counts as running until it
+        # exits: right after Popen returns, the kernel may not yet show its
+        # argv in /proc (exec is past the point where the parent is released
+        # but the new argv is not mapped yet), and the /proc scan misses it.
+        if self.process is not None and self.process.poll() is None:
+            return True
         return self.nspawn_pid() is not None
 
     def boot(self) -> None:
