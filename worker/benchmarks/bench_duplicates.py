@@ -62,14 +62,7 @@ def plain_worker(url: str, study: str, sampler_kind: str, n_trials: int) -> None
 
 def summarize(evals_path: Path, wall: float) -> dict:
     ev = read_evals(evals_path)
-    starts = {}
-    cost = collections.defaultdict(float)
-    for e in ev:
-        k = json.dumps(e["params"], sort_keys=True)
-        if e["phase"] == "start":
-            starts.setdefault(k, []).append(e)
-        else:
-            cost[k] += 0  # placeholder: durations paired below
+    starts = collections.Counter(json.dumps(e["params"], sort_keys=True) for e in read_evals(evals_path, "start"))
     # pair start/end by (pid, params) in order
     open_ = {}
     durations = collections.defaultdict(list)
@@ -79,7 +72,7 @@ def summarize(evals_path: Path, wall: float) -> dict:
             open_[k] = e["t"]
         elif k in open_:
             durations[k[1]].append(e["t"] - open_.pop(k))
-    n_eval = sum(len(v) for v in starts.values())
+    n_eval = sum(starts.values())
     distinct = len(starts)
     wasted = sum(sum(sorted(d)[1:]) if len(d) > 1 else 0.0 for d in durations.values())
     total = sum(sum(d) for d in durations.values())

@@ -36,7 +36,7 @@ def one(tmp: Path, i: int, kill_store: bool) -> dict:
         evals = tmp / f"e{i}{int(kill_store)}.jsonl"
         p = start_worker(spec, [r.endpoint], worker_env(evals, sleep=60), processes=8, log=tmp / f"w{i}.log")
         deadline = time.time() + 120
-        while len([e for e in read_evals(evals) if e["phase"] == "start"]) < 8:
+        while len(read_evals(evals, "start")) < 8:
             if time.time() > deadline:
                 raise SystemExit("workers did not start")
             time.sleep(0.05)
