@@ -11,7 +11,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,27 @@ from optuna.distributions import (
 )
 
 SAMPLERS = ("tpe", "nsga3", "grid", "random")
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-OBJECTIVE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# matched with fullmatch: "$" would also match before a trailing newline ("abc\n")
+NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+OBJECTIVE_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 GRID_MAX_POINTS = 10_000_000
+SEED_MAX = 2**32 - 1  # numpy's RandomState accepts 0 .. 2**32 - 1
+MAX_ATTEMPTS_DEFAULT = 3
+# Exact decimal arithmetic on any two floats: 1e308 / 5e-324 has about 630 digits.
+_EXACT = Context(prec=1000, Emax=10_000, Emin=-10_000)
+
+
+def _dec(x: float | int) -> Decimal:
+    return Decimal(repr(float(x)))
+
+
+def _count(n: int) -> str:
+    return str(n) if n < 10**15 else f"about 10^{len(str(n)) - 1}"
+
+
+def float_steps(low: float, high: float, step: float) -> Decimal:
+    """(high - low) / step, exactly (integral when high - low is a multiple of step)."""
+    return _EXACT.divide(_EXACT.subtract(_dec(high), _dec(low)), _dec(step))
 
 
 class SpecError(ValueError):
@@ -51,15 +69,24 @@ class Param:
             return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
         return CategoricalDistribution(list(self.choices))
 
+    def grid_count(self) -> int | None:
+        """How many points this axis has, computed without building them; None if continuous."""
+        if self.kind == "categorical":
+            return len(self.choices)
+        if self.kind == "int":
+            return len(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.step is None:
+            return None
+        return int(float_steps(self.low, self.high, self.step)) + 1
+
     def grid_points(self) -> list[Any]:
         """Discrete points of this axis, each computed from its index (no float drift)."""
         if self.kind == "categorical":
             return list(self.choices)
         if self.kind == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
-        low, step, high = (Decimal(repr(float(x))) for x in (self.low, self.step, self.high))
-        count = int((high - low) // step) + 1
-        return [float(low + step * i) for i in range(count)]
+        low, step = _dec(self.low), _dec(self.step)
+        return [float(low + step * i) for i in range(self.grid_count())]
 
     def canonical(self, value: Any) -> Any:
         """The value snapped onto its grid, so equal points always print the same."""
@@ -86,6 +113,7 @@ class StudySpec:
     timeout: float | None = None
     heartbeat_interval: float = 2.0
     heartbeat_ttl: float = 10.0
+    max_attempts: int = MAX_ATTEMPTS_DEFAULT
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,7 +127,12 @@ class StudySpec:
         return {p.name: p.grid_points() for p in self.space}
 
     def grid_size(self) -> int:
-        return math.prod(len(v) for v in self.grid_space().values())
+        return math.prod(p.grid_count() for p in self.space)
+
+    def space_size(self) -> int | None:
+        """Number of distinct points of the space, or None when an axis is continuous."""
+        counts = [p.grid_count() for p in self.space]
+        return None if None in counts else math.prod(counts)
 
     def canonical_params(self, params: dict[str, Any]) -> dict[str, Any]:
         by_name = {p.name: p for p in self.space}
@@ -192,7 +225,7 @@ def parse_spec(data: Any, path: str = "<spec>") -> StudySpec:
     c.keys(data, {"name", "direction", "directions", "sampler", "space", "budget", "objective", "worker"}, "")
 
     name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise c.fail("name", f"required; letters, digits, '_', '.', '-' only, got {name!r}")
 
     if "direction" in data and "directions" in data:
@@ -212,7 +245,7 @@ def parse_spec(data: Any, path: str = "<spec>") -> StudySpec:
     sampler = _parse_sampler(c, data.get("sampler", {"type": "tpe"}), space, len(raw_dirs))
 
     objective = data.get("objective")
-    if not isinstance(objective, str) or not OBJECTIVE_RE.match(objective):
+    if not isinstance(objective, str) or not OBJECTIVE_RE.fullmatch(objective):
         raise c.fail("objective", f"required, as 'package.module:function', got {objective!r}")
 
     budget = data.get("budget", {}) or {}
@@ -227,16 +260,18 @@ def parse_spec(data: Any, path: str = "<spec>") -> StudySpec:
     worker = data.get("worker", {}) or {}
     if not isinstance(worker, dict):
         raise c.fail("worker", "must be a mapping")
-    c.keys(worker, {"heartbeat_interval", "heartbeat_ttl"}, "worker")
+    c.keys(worker, {"heartbeat_interval", "heartbeat_ttl", "max_attempts"}, "worker")
     hb_interval = c.number(worker, "heartbeat_interval", "worker", required=False, positive=True) or 2.0
     hb_ttl = c.number(worker, "heartbeat_ttl", "worker", required=False, positive=True) or 5.0 * hb_interval
     if hb_ttl < 2 * hb_interval:
         raise c.fail("worker.heartbeat_ttl",
                      f"must be at least twice heartbeat_interval ({2 * hb_interval}), got {hb_ttl}")
+    max_attempts = c.number(worker, "max_attempts", "worker", required=False, integer=True, positive=True)
 
     return StudySpec(path=path, name=name, directions=tuple(raw_dirs), sampler=sampler, space=space,
                      objective=objective, n_trials=n_trials, timeout=timeout,
-                     heartbeat_interval=float(hb_interval), heartbeat_ttl=float(hb_ttl))
+                     heartbeat_interval=float(hb_interval), heartbeat_ttl=float(hb_ttl),
+                     max_attempts=max_attempts or MAX_ATTEMPTS_DEFAULT)
 
 
 def _parse_space(c: _Checker, raw: Any) -> tuple[Param, ...]:
@@ -255,11 +290,20 @@ def _parse_space(c: _Checker, raw: Any) -> tuple[Param, ...]:
             choices = p.get("choices")
             if not isinstance(choices, list) or not choices:
                 raise c.fail(f"{where}.choices", "must be a non-empty list")
+            # Optuna stores a choice as its index, found with ==: 1, 1.0 and true are one
+            # choice to it (and 0, 0.0, false), so a second one would never be seen as done.
+            seen: dict[Any, int] = {}
             for i, ch in enumerate(choices):
                 if not (ch is None or isinstance(ch, (bool, int, float, str))):
                     raise c.fail(f"{where}.choices[{i}]", f"must be a string, number, bool or null, got {ch!r}")
-            if len({json.dumps(ch) for ch in choices}) != len(choices):
-                raise c.fail(f"{where}.choices", "has duplicates")
+                if isinstance(ch, float) and not math.isfinite(ch):
+                    raise c.fail(f"{where}.choices[{i}]", f"must be finite, got {ch!r}")
+                if ch in seen:
+                    j = seen[ch]
+                    same = "is a duplicate of" if type(ch) is type(choices[j]) else "is equal, for Optuna, to"
+                    raise c.fail(f"{where}.choices[{i}]", f"{ch!r} {same} choices[{j}] ({choices[j]!r});"
+                                 " each choice must be distinct (1, 1.0 and true are the same choice)")
+                seen[ch] = i
             out.append(Param(pname, "categorical", choices=tuple(choices)))
             continue
         if kind not in ("int", "float"):
@@ -279,7 +323,7 @@ def _parse_space(c: _Checker, raw: Any) -> tuple[Param, ...]:
         if log and step is not None and (kind == "float" or step != 1):
             raise c.fail(f"{where}.step", "cannot be combined with log: true")
         if step is not None and kind == "float":
-            span = (Decimal(repr(float(high))) - Decimal(repr(float(low)))) / Decimal(repr(float(step)))
+            span = float_steps(low, high, step)
             if span != span.to_integral_value():
                 raise c.fail(f"{where}.step",
                              f"(high - low) must be a multiple of step: ({high} - {low}) / {step} = {span}")
@@ -301,7 +345,10 @@ def _parse_sampler(c: _Checker, raw: Any, space: tuple[Param, ...], n_objectives
     out: dict[str, Any] = {"type": kind}
     allowed = {"type", "seed"}
     if "seed" in raw:
-        out["seed"] = c.number(raw, "seed", "sampler", integer=True)
+        seed = c.number(raw, "seed", "sampler", integer=True)
+        if seed is not None and not 0 <= seed <= SEED_MAX:
+            raise c.fail("sampler.seed", f"must be between 0 and {SEED_MAX} (numpy's range), got {seed}")
+        out["seed"] = seed
     if kind == "tpe":
         allowed |= {"constant_liar", "n_startup_trials", "n_ei_candidates", "multivariate"}
         for key in ("constant_liar", "multivariate"):
@@ -327,8 +374,15 @@ def _parse_sampler(c: _Checker, raw: Any, space: tuple[Param, ...], n_objectives
             if p.log and p.kind == "int":
                 raise c.fail(f"space.{p.name}.log",
                              "a grid axis cannot be logarithmic; list the points as a categorical")
-        total = math.prod(len(p.grid_points()) for p in space)
+        # counted, not built: a step of 1e-9 must not build a billion points to find out
+        total = 1
+        for p in space:
+            n = p.grid_count()
+            if n > GRID_MAX_POINTS:
+                raise c.fail(f"space.{p.name}.step" if p.kind != "categorical" else f"space.{p.name}.choices",
+                             f"this axis alone has {_count(n)} grid points, more than {GRID_MAX_POINTS}")
+            total *= n
         if total > GRID_MAX_POINTS:
-            raise c.fail("space", f"the grid has {total} points, more than {GRID_MAX_POINTS}")
+            raise c.fail("space", f"the grid has {_count(total)} points, more than {GRID_MAX_POINTS}")
     c.keys(raw, allowed, "sampler")
     return out
