@@ -144,7 +144,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import Worker, default_host, find_objective, load_objective, run_processes
+    from .runner import Worker, check_objective_in_fork, default_host, load_objective, run_processes
 
     spec = load_spec(args.spec)
     if args.processes < 1:
@@ -158,10 +158,11 @@ def _run(args: argparse.Namespace) -> int:
             raise SpecError(f"{args.spec}: {exc}") from None
     else:
         # Import the objective in each child, not in the parent: code that starts
-        # threads or a GPU context at import time must not be forked.
+        # threads or a GPU context at import time must not be forked. A throwaway
+        # forked process imports it first, so an import error is one message, exit 2.
         objective = None
         try:
-            find_objective(spec.objective, args.code_dir)
+            check_objective_in_fork(spec.objective, args.code_dir)
         except ValueError as exc:
             raise SpecError(f"{args.spec}: {exc}") from None
 

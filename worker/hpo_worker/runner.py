@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -42,6 +42,39 @@ class ObjectiveError(ValueError):
     pass
 
 
+class BadReturn(Exception):
+    """The objective returned something that is not a float per direction (a programming error)."""
+
+
+class ObjectiveMisuse(BaseException):
+    """Stops the worker with exit 2: the objective's return value has the wrong type or shape."""
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def objective_values(result: Any, n_directions: int) -> list[float]:
+    """The objective's return value as floats (possibly NaN/inf); BadReturn if it has the wrong
+    type (None, a string, anything float() refuses) or the wrong number of values."""
+    want = "a float" if n_directions == 1 else f"a list of {n_directions} floats (one per direction)"
+    items = list(result) if isinstance(result, (list, tuple)) else [result]
+    if len(items) != n_directions:
+        raise BadReturn(f"returned {_short(result)}: {len(items)} value(s), but the study has "
+                        f"{n_directions} direction(s); it must return {want}")
+    out = []
+    for v in items:
+        if v is None or isinstance(v, (str, bytes)):
+            raise BadReturn(f"returned {_short(result)} ({type(v).__name__}); it must return {want}")
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise BadReturn(f"returned {_short(result)} ({type(v).__name__}, not a number);"
+                            f" it must return {want}") from None
+    return out
+
+
 def load_objective(ref: str, code_dir: str | None = None) -> Callable[..., Any]:
     """'package.module:function' -> callable; errors name the objective field."""
     if code_dir:
@@ -51,31 +84,53 @@ def load_objective(ref: str, code_dir: str | None = None) -> Callable[..., Any]:
     mod_name, _, fn_name = ref.partition(":")
     try:
         module = importlib.import_module(mod_name)
-    except Exception as exc:  # noqa: BLE001 - any import error is reported the same way
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import error is reported the same way
         raise ObjectiveError(f"objective: cannot import module {mod_name!r}: {exc!r}"
                              f" (is --code-dir / HPO_CODE_DIR set?)") from None
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
+    if not hasattr(module, fn_name):
         raise ObjectiveError(f"objective: {mod_name!r} has no function {fn_name!r}")
+    fn = getattr(module, fn_name)
+    if not callable(fn):
+        raise ObjectiveError(f"objective: {ref} is {_short(fn, 60)} ({type(fn).__name__}), not a function")
     return fn
 
 
-def find_objective(ref: str, code_dir: str | None = None) -> None:
-    """Check the objective's module can be found, without importing (running) it."""
-    if code_dir:
-        path = os.path.abspath(code_dir)
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    mod_name = ref.partition(":")[0]
-    try:
-        found = importlib.util.find_spec(mod_name)
-    except (ImportError, ValueError) as exc:
-        found = None
-        detail = f": {exc!r}"
-    else:
-        detail = ""
-    if found is None:
-        raise ObjectiveError(f"objective: cannot find module {mod_name!r}{detail} (is --code-dir / HPO_CODE_DIR set?)")
+def check_objective_in_fork(ref: str, code_dir: str | None = None) -> None:
+    """Import the objective in a throwaway forked process and raise its ObjectiveError here.
+
+    Used before forking --processes N workers: an objective that fails to import is
+    reported once, with exit 2, instead of a traceback per child; the parent itself
+    never imports it (code that starts threads or a GPU context at import must not be forked).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the throwaway child
+        os.close(r)
+        msg = ""
+        try:
+            load_objective(ref, code_dir)
+        except ObjectiveError as exc:
+            msg = str(exc)
+        except BaseException as exc:  # noqa: BLE001 - anything the import raised
+            msg = f"objective: importing {ref} raised {exc!r}"
+        try:
+            os.write(w, msg.encode("utf-8", "replace")[:60000])
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    with os.fdopen(r, "rb") as f:
+        chunks.append(f.read())
+    _, status = os.waitpid(pid, 0)
+    msg = b"".join(chunks).decode("utf-8", "replace")
+    if msg:
+        raise ObjectiveError(msg)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise ObjectiveError(f"objective: importing {ref} ended the process that checks it"
+                             f" ({'signal ' + str(-code) if code < 0 else 'exit ' + str(code)})")
 
 
 def wants_trial(fn: Callable[..., Any]) -> bool:
@@ -99,6 +154,7 @@ class InFlight:
     fingerprint: str = ""
     claimed: bool = False
     values: list[float] | None = None
+    attempts: int = 0  # failed evaluations of these params before this one
     started: float = field(default_factory=time.time)
 
 
@@ -131,6 +187,10 @@ class Worker:
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
         self._last_reap = 0.0
+        self._fp_done: dict[int, tuple[bool, str]] = {}  # finished trial id -> (given up?, fingerprint)
+        self._points_ok: set[str] = set()
+        self._points_failed: set[str] = set()
+        self._finite = spec.sampler["type"] == "grid" or spec.space_size() is not None
 
     # ------------------------------------------------------------ signals
     def install_signal_handlers(self) -> None:
@@ -226,13 +286,19 @@ class Worker:
                     log.info("budget: timeout %ss reached", self.spec.timeout)
                     break
                 try:
-                    if self.budget_reached():
-                        break
+                    # reap first: a dead worker's trial must not stay RUNNING because the
+                    # budget was reached meanwhile
                     self.reap_expired()
+                    if self.budget_reached():
+                        self.reap_before_exit()
+                        break
                     self.one_trial()
                     errors = 0
                 except (*WriterLost, WriterMoved) as exc:
                     self.recover(exc)
+                except ObjectiveMisuse as exc:
+                    log.error("%s", exc)
+                    return 2
                 except Exception:  # noqa: BLE001 - keep serving; give up after a run of failures
                     errors += 1
                     log.error("unexpected error (%d in a row):\n%s", errors, traceback.format_exc())
@@ -256,16 +322,38 @@ class Worker:
         log.info("worker stopped cleanly (%d evaluations)", self.evaluations)
         return 0
 
+    def _update_points(self) -> None:
+        """Distinct points done: COMPLETE, or given up after max_attempts failures (incremental)."""
+        done = self._fp_done
+        for t in self.study.get_trials(deepcopy=False):
+            if t._trial_id in done or not t.state.is_finished():
+                continue
+            given_up = t.state == TrialState.FAIL and "point_failed" in (t.user_attrs.get("hpo") or {})
+            fp = ""
+            if (t.state == TrialState.COMPLETE or given_up) and len(t.params) == len(self.spec.space):
+                fp = self.spec.fingerprint(t.params)
+                (self._points_failed if given_up else self._points_ok).add(fp)
+            done[t._trial_id] = (given_up, fp)
+
     def budget_reached(self) -> bool:
         trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if self.spec.n_trials is not None and len(trials) >= self.spec.n_trials:
             log.info("budget: %d COMPLETE trials reached", self.spec.n_trials)
             return True
+        if not self._finite:
+            return False
+        self._update_points()
+        ok, failed = self._points_ok, self._points_failed - self._points_ok
         if self.spec.sampler["type"] == "grid":
-            seen = {self.spec.fingerprint(t.params) for t in trials}
-            if len(seen) >= self.spec.grid_size():
-                log.info("grid: every one of its %d points is COMPLETE", len(seen))
+            if len(ok) + len(failed) >= self.spec.grid_size():
+                log.info("grid: every one of its %d points is done (%d COMPLETE, %d given up after %d"
+                         " failed attempts)", len(ok) + len(failed), len(ok), len(failed), self.spec.max_attempts)
                 return True
+        elif failed and len(ok) + len(failed) >= self.spec.space_size():
+            # n_trials may be out of reach: given-up points never become COMPLETE
+            log.info("space exhausted: every one of its %d points is done (%d COMPLETE, %d given up)",
+                     len(ok) + len(failed), len(ok), len(failed))
+            return True
         return False
 
     def _suggest(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -298,11 +386,28 @@ class Worker:
         other = self.store.run("claim", [self.store.claims_key(self.spec.name)], [inf.fingerprint, claim])
         if other is not None:
             c = json.loads(other)
+            if c.get("state") == "FAILED" and c.get("attempts", 0) < self.spec.max_attempts:
+                # failed before, not given up yet: take the claim over (compare-and-set on
+                # its owner token; of two workers doing this at once, one wins)
+                retry = json.dumps({"owner": inf.token, "state": "RUNNING", "trial": inf.number,
+                                    "host": self.host, "attempts": c["attempts"]})
+                if self.store.run("update_claim", [self.store.claims_key(self.spec.name)],
+                                  [inf.fingerprint, c["owner"], retry]):
+                    other = None
+                    inf.attempts = int(c["attempts"])
+        if other is not None:
             if c.get("state") == "COMPLETE":
                 trial.set_user_attr("hpo", self._attrs(inf, reused_from=c["trial"], reused_host=c["host"]))
                 self.inflight = None
                 study.tell(trial, c["values"])
                 self.store.wait_replicas()
+            elif c.get("state") == "FAILED" and c.get("attempts", 0) >= self.spec.max_attempts:
+                # given up: this draw FAILs at once, without evaluating
+                trial.set_user_attr("hpo", self._attrs(inf, point_failed=c["attempts"], failed_like=c["trial"],
+                                                       failed_host=c["host"]))
+                self.inflight = None
+                study.tell(trial, state=TrialState.FAIL)
+                time.sleep(0.02)  # do not spin on the same draw
             else:
                 trial.set_user_attr("hpo", self._attrs(inf, duplicate_of=c["trial"], duplicate_host=c["host"],
                                                        duplicate_state="RUNNING"))
@@ -335,15 +440,25 @@ class Worker:
             self.inflight = None
             study.tell(trial, state=TrialState.PRUNED)
             return
-        except Exception:  # noqa: BLE001 - the user's objective failed: FAIL, claim released
+        except Exception as exc:  # noqa: BLE001 - the user's objective failed: FAIL, retried up to max_attempts
             self.evaluations += 1
-            log.error("trial %d failed:\n%s", inf.number, traceback.format_exc())
-            self._release_claim(inf)
-            self.inflight = None
-            study.tell(trial, state=TrialState.FAIL)
+            self._failed(inf, f"raised {exc!r}", traceback.format_exc())
             return
         self.evaluations += 1
-        inf.values = [float(v) for v in (result if isinstance(result, (list, tuple)) else [result])]
+        try:
+            values = objective_values(result, len(self.spec.directions))
+        except BadReturn as exc:
+            # a programming error, the same for every trial: stop with one clear message
+            msg = f"objective {self.spec.objective} {exc} (trial {inf.number}, params {inf.params})"
+            self._release_claim(inf)
+            self.inflight = None
+            trial.set_user_attr("hpo", self._attrs(inf, error=msg[:500]))
+            study.tell(trial, state=TrialState.FAIL)
+            raise ObjectiveMisuse(f"{msg}; stopping (exit 2)") from None
+        if not all(math.isfinite(v) for v in values):
+            self._failed(inf, f"returned {_short(result)} (not finite)")
+            return
+        inf.values = values
         done = json.dumps({"owner": inf.token, "state": "COMPLETE", "values": inf.values,
                            "trial": inf.number, "host": self.host})
         self.store.run("update_claim", [self.store.claims_key(self.spec.name)], [inf.fingerprint, inf.token, done])
@@ -353,6 +468,28 @@ class Worker:
             log.warning("trial %d was reaped while it ran; its value stays in the claim and is reused",
                         inf.number)
         self.store.wait_replicas()
+        self.inflight = None
+
+    def _failed(self, inf: InFlight, why: str, details: str = "") -> None:
+        """The objective raised or returned NaN/inf: FAIL the trial. The claim becomes FAILED
+        with the count of attempts; below max_attempts the params are requeued (retried next),
+        at max_attempts the point is given up: later draws of it FAIL without evaluating."""
+        attempts = inf.attempts + 1
+        give_up = attempts >= self.spec.max_attempts
+        log.error("trial %d: objective %s %s: FAIL (attempt %d of %d for these params%s)%s", inf.number,
+                  self.spec.objective, why, attempts, self.spec.max_attempts,
+                  "; given up" if give_up else "; requeued", ":\n" + details if details else "")
+        claim = json.dumps({"owner": inf.token, "state": "FAILED", "attempts": attempts, "trial": inf.number,
+                            "host": self.host, "error": why[:300]})
+        if give_up:
+            inf.trial.set_user_attr("hpo", self._attrs(inf, point_failed=attempts, error=why[:300]))
+        logs = [self._fail_log(inf.trial_id)]
+        if not give_up:
+            logs.append(self._requeue_log(inf.params, {"hpo_requeued_from": inf.number,
+                                                       "hpo_reason": f"attempt {attempts} failed"}))
+        self.store.run("end", [self.backend.key, self.store.claims_key(self.spec.name),
+                               self._marker(inf.trial_id, inf.token), ""],
+                       [inf.fingerprint, inf.token, claim, *logs])
         self.inflight = None
 
     def _release_claim(self, inf: InFlight) -> None:
@@ -399,11 +536,64 @@ class Worker:
         if len(inf.params) == len(self.spec.space):
             logs.append(self._requeue_log(inf.params, {"hpo_requeued_from": inf.number, "hpo_reason": why}))
         fp = inf.fingerprint if inf.claimed else ""
+        # a point that failed before keeps its count of failed attempts
+        keep = json.dumps({"owner": inf.token, "state": "FAILED", "attempts": inf.attempts, "trial": inf.number,
+                           "host": self.host}) if inf.attempts else ""
         self.store.run("end", [self.backend.key, self.store.claims_key(self.spec.name),
                                self._marker(inf.trial_id, inf.token), ""],
-                       [fp, inf.token, "", *logs])
+                       [fp, inf.token, keep, *logs])
         log.warning("trial %d ended (%s) and its params requeued", inf.number, why)
         self.inflight = None
+
+    def _others_running(self) -> list[tuple[Any, str]]:
+        backend = self.backend
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        cands = [(t, backend.trial_owner.get(t._trial_id)) for t in running]
+        return [(t, o) for t, o in cands if o is not None and o not in backend.my_worker_ids]
+
+    def _hb_ttls(self, owners: list[str]) -> list[int]:
+        """Remaining ms of each owner's heartbeat key (negative: the key is gone)."""
+        pipe = self.store.writer.pipeline(transaction=False)
+        for owner in owners:
+            pipe.pttl(self.store.hb_key(owner))
+        return [int(x) for x in pipe.execute()]
+
+    def _expired(self) -> list[tuple[Any, str]]:
+        """RUNNING trials of other workers whose heartbeat key is gone."""
+        cands = self._others_running()
+        if not cands:
+            return []
+        ttls = self._hb_ttls([o for _, o in cands])
+        return [c for c, ttl in zip(cands, ttls) if ttl < 0]
+
+    def reap_before_exit(self) -> None:
+        """The budget is reached: before exiting, settle the RUNNING trials of other workers.
+
+        A trial whose owner's heartbeat is refreshed belongs to a live worker, which finishes
+        it. One whose heartbeat expires (or is gone) is reaped here. Reaping pauses for
+        heartbeat_ttl after connecting, and a worker that died just now keeps its key for up
+        to heartbeat_ttl, so this waits at most heartbeat_ttl + 2 x heartbeat_interval."""
+        deadline = time.monotonic() + self.spec.heartbeat_ttl + 2 * self.spec.heartbeat_interval
+        last: dict[str, int] = {}
+        alive: set[str] = set()
+        while not self.stop_event.is_set():
+            cands = self._others_running()
+            owners = sorted({o for _, o in cands} - alive)
+            if not owners:
+                return
+            if time.monotonic() > deadline:
+                log.warning("budget reached; %d RUNNING trial(s) of other workers left to the next worker's"
+                            " reaper", len(cands))
+                return
+            for owner, ttl in zip(owners, self._hb_ttls(owners)):
+                if ttl >= 0 and owner in last and ttl > last[owner]:
+                    alive.add(owner)  # its heartbeat was refreshed: a live worker
+                last[owner] = ttl
+            if any(ttl < 0 for o, ttl in last.items() if o in owners):
+                self._last_reap = 0.0
+                if self.reap_expired():
+                    continue
+            self.stop_event.wait(min(self.spec.heartbeat_interval, 0.5) / 2)
 
     def reap_expired(self) -> int:
         now = time.monotonic()
@@ -412,20 +602,8 @@ class Worker:
         self._last_reap = now
         if now - self.store.adopted_at < self.spec.heartbeat_ttl:
             return 0  # heartbeats may not have reached a just-promoted master yet
-        backend = self.backend
-        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        cands = [(t, backend.trial_owner.get(t._trial_id)) for t in running]
-        cands = [(t, o) for t, o in cands if o is not None and o not in backend.my_worker_ids]
-        if not cands:
-            return 0
-        pipe = self.store.writer.pipeline(transaction=False)
-        for _, owner in cands:
-            pipe.exists(self.store.hb_key(owner))
-        alive = pipe.execute()
         reaped = 0
-        for (t, owner), is_alive in zip(cands, alive):
-            if is_alive:
-                continue
+        for t, owner in self._expired():
             attrs = t.user_attrs.get("hpo", {})
             params = t.system_attrs.get("fixed_params") or t.params
             logs = [self._fail_log(t._trial_id)]
@@ -541,6 +719,9 @@ def run_processes(make_worker: Callable[[int], Worker], processes: int) -> int:
             code = 1
             try:
                 code = _run_child(make_worker, index)
+            except ObjectiveError as exc:  # the import failed in this child only (checked before forking)
+                print(f"hpo-worker: error: {exc}", file=sys.stderr)
+                code = 2
             except BaseException:  # noqa: BLE001 - report anything, exit non-zero
                 traceback.print_exc()
             finally:
