@@ -1,7 +1,8 @@
 """The role's preflight on bad input: it stops before any change and names
-the host and the variable. Runs the real playbooks/workers.yml with only the
-preflight tag against a local connection (asserts only: nothing is installed
-or changed on this machine)."""
+the host and the variable. Runs the real playbooks/workers.yml (its first
+play is the preflight) with only the preflight tag against a local
+connection (asserts only: nothing is installed or changed on this machine).
+That a refusal stops a whole site.yml run: tests/cluster/test_preflight.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = ["ansible-playbook", "playbooks/workers.yml", "--tags", "optuna_worker_preflight"]
 SAMPLE = REPO / "examples" / "sample-study"
-DIGITS = {"name": "x", "spec": str(SAMPLE / "study.yaml"), "code_dir": str(SAMPLE / "code")}
+DIGITS = {"name": "digits-svc", "spec": str(SAMPLE / "study.yaml"), "code_dir": str(SAMPLE / "code")}
 
 
 def run(tmp_path: Path, **overrides) -> subprocess.CompletedProcess:
@@ -57,8 +58,11 @@ def test_good_input_passes(tmp_path: Path) -> None:
          ["box-a", "optuna_worker_studies", "/nonexistent/study.yaml"]),
         ({"optuna_worker_studies": [DIGITS, DIGITS]},
          ["box-a", "same name"]),
+        ({"optuna_worker_studies": [dict(DIGITS, name="digits")]},
+         ["box-a", "entry 'digits'", "whose name is 'digits-svc'"]),
     ],
-    ids=["empty-password", "no-cluster-address", "zero-processes", "bad-study-name", "missing-spec", "duplicate-study"],
+    ids=["empty-password", "no-cluster-address", "zero-processes", "bad-study-name", "missing-spec",
+         "duplicate-study", "name-differs-from-spec"],
 )
 def test_bad_input_is_named(tmp_path: Path, overrides: dict, words: list[str]) -> None:
     result = run(tmp_path, **overrides)

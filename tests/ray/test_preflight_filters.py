@@ -20,10 +20,16 @@ HOSTVARS = {
 }
 
 
+def node_ips(hostvars):
+    """What roles/cluster computes (_cluster_ray_node_ips); tested there by
+    tests/cluster/test_addresses.py."""
+    return {h: str(hv.get("ray_node_ip", hv.get("cluster_address", ""))) for h, hv in hostvars.items()}
+
+
 def errors(hostvars=None, heads=("m1",), workers=("bric", "m4")):
     hostvars = HOSTVARS if hostvars is None else hostvars
     hosts = list(dict.fromkeys([*heads, *workers]))
-    nodes = rp.ray_preflight_nodes_from(hosts, hostvars)
+    nodes = rp.ray_preflight_nodes_from(hosts, hostvars, node_ips(hostvars))
     return rp.ray_preflight_inventory_errors(nodes, list(heads), list(workers))
 
 
@@ -37,9 +43,12 @@ def test_a_good_inventory_has_no_errors():
     assert errors() == []
 
 
-def test_ray_node_ip_overrides_cluster_address():
-    nodes = rp.ray_preflight_nodes_from(["m1"], with_host("m1", ray_node_ip="198.18.9.21"))
-    assert nodes[0]["ip"] == "198.18.9.21" and nodes[0]["ip_var"] == "ray_node_ip"
+def test_the_node_ip_comes_from_the_cluster_role_and_messages_name_its_variable():
+    hostvars = with_host("m1", ray_node_ip="198.18.9.21")
+    nodes = rp.ray_preflight_nodes_from(["m1", "bric"], hostvars, {"m1": "198.18.9.21", "bric": "198.18.9.134"})
+    assert [(n["ip"], n["ip_var"]) for n in nodes] == [
+        ("198.18.9.21", "ray_node_ip"), ("198.18.9.134", "cluster_address")]
+    assert rp.ray_preflight_nodes_from(["bric"], HOSTVARS, {"bric": ""})[0]["ip"] is None
 
 
 def test_duplicate_node_ip_names_both_hosts_and_the_variable():

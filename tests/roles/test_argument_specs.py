@@ -17,8 +17,9 @@ ROLES_DIR = Path(__file__).resolve().parents[2] / "roles"
 # role -> (prefix of public names, prefix of internal names in vars/,
 #          options of the main entry point that are required and have no default)
 ROLES = {
+    "cluster": ("cluster_", "_cluster_", set()),
     "keydb": ("keydb_", "_keydb_", set()),
-    "optuna_worker": ("optuna_worker_", "__optuna_worker_", set()),
+    "optuna_worker": ("optuna_worker_", "_optuna_worker_", set()),
     "ray": ("ray_", "_ray_", {"ray_node_kind", "ray_start_args", "ray_gcs_address", "ray_num_cpus"}),
     "ray_head": ("ray_head_", "_ray_head_", set()),
     "ray_worker": ("ray_worker_", "_ray_worker_", set()),

@@ -25,20 +25,20 @@ def _get(mapping: Any, key: str, default: Any = MISSING) -> Any:
         return default
 
 
-def ray_preflight_nodes_from(hosts: list[str], hostvars: Any) -> list[dict]:
-    """One plain dict per Ray host with the inventory values the checks need."""
+def ray_preflight_nodes_from(hosts: list[str], hostvars: Any, node_ips: Mapping) -> list[dict]:
+    """One plain dict per Ray host with the inventory values the checks need.
+
+    node_ips is roles/cluster's _cluster_ray_node_ips (host -> node IP, worked
+    out there once); hostvars only tell which variable set it, for messages.
+    """
     nodes = []
     for host in hosts:
         hv = _get(hostvars, host, {})
-        ip = _get(hv, "ray_node_ip")
-        ip_var = "ray_node_ip"
-        if ip is MISSING:
-            ip = _get(hv, "cluster_address")
-            ip_var = "cluster_address"
+        ip = node_ips.get(host) if isinstance(node_ips, Mapping) else None
         nodes.append({
             "host": host,
-            "ip": None if ip is MISSING else ip,
-            "ip_var": ip_var,
+            "ip": ip or None,
+            "ip_var": "ray_node_ip" if _get(hv, "ray_node_ip") is not MISSING else "cluster_address",
             "num_cpus": None if (v := _get(hv, "ray_num_cpus")) is MISSING else v,
             "num_gpus": 0 if (v := _get(hv, "ray_num_gpus")) is MISSING else v,
             "resources": {} if (v := _get(hv, "ray_resources")) is MISSING else v,
