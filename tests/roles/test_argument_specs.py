@@ -68,3 +68,31 @@ def test_names_are_prefixed(role: str) -> None:
     public, internal, _ = ROLES[role]
     assert all(name.startswith(public) for name in load(role, "defaults/main.yml")), role
     assert all(name.startswith(internal) for name in load(role, "vars/main.yml")), role
+
+
+def _tasks(items: list) -> list[dict]:
+    """Every task of a task list, blocks unrolled."""
+    found = []
+    for task in items or []:
+        found.append(task)
+        for key in ("block", "rescue", "always"):
+            found.extend(_tasks(task.get(key, [])))
+    return found
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+def test_registered_results_and_facts_are_internal(role: str) -> None:
+    """register: and set_fact: names carry the role's internal prefix, never the
+    public one: a user setting a public variable must not be able to clash with
+    a task's result."""
+    _, internal, _ = ROLES[role]
+    names = []
+    for sub in ("tasks", "handlers"):
+        for path in sorted((ROLES_DIR / role / sub).glob("*.yml")):
+            for task in _tasks(yaml.safe_load(path.read_text())):
+                if "register" in task:
+                    names.append((path.name, task["register"]))
+                facts = task.get("ansible.builtin.set_fact") or {}
+                names.extend((path.name, name) for name in facts if name != "cacheable")
+    wrong = [(f, n) for f, n in names if not n.startswith(internal)]
+    assert not wrong, f"{role}: {wrong} should start with {internal}"
