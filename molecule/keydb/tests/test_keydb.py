@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+from keydb_replies import all_links_up, master_links, parse_info, parse_role, replicas, role_from_cli
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -56,16 +57,10 @@ def cli(name: str, *args: str, at: str = "127.0.0.1", password: str | None = PAS
 
 
 def info_replication(name: str) -> dict:
-    """INFO replication as a dict; repeated fields (one per master with
-    KeyDB multi-master) become lists."""
+    """INFO replication as {field: [values]} (keydb_replies.parse_info)."""
     out = cli(name, "INFO", "replication")
     assert out.rc == 0, out.stderr
-    fields: dict = {}
-    for line in out.stdout.splitlines():
-        key, sep, value = line.strip().partition(":")
-        if sep:
-            fields.setdefault(key, []).append(value)
-    return fields
+    return parse_info(out.stdout)
 
 
 def wait_for(check, timeout: float = 30.0, interval: float = 1.0):
@@ -128,28 +123,22 @@ def test_settings_the_cluster_relies_on(host) -> None:
         assert out.stdout.split() == [key, expected]
 
 
-def _slaves(info: dict) -> list[str]:
-    return [v[0] for k, v in info.items() if re.fullmatch(r"slave\d+", k)]
-
-
 def replication_problems() -> dict:
-    """Nodes whose replication is not as the engine's topology requires."""
+    """Nodes whose replication is not as the engine's topology requires. KeyDB
+    lists its second and later masters as master_1_*, master_2_*, ...
+    (keydb_replies.master_links reads them all)."""
     bad = {}
     for name in NODES:
         info = info_replication(name)
         peers = {f"{address(p)}:{PORT}" for p in NODES if p != name}
-        masters = {f"{h}:{p}" for h, p in zip(info.get("master_host", []), info.get("master_port", []))}
-        status = info.get("master_link_status", [])
         if ENGINE == "keydb":
             # Every other node is one of this node's masters, every link up.
-            ok = (masters == peers and len(status) == len(peers) and set(status) == {"up"}
-                  and info.get("master_global_link_status") == ["up"])
+            ok = info.get("role") == ["active-replica"] and all_links_up(info, peers)
         elif name == PRIMARY:
-            online = {f"{m.group(1)}:{m.group(2)}" for v in _slaves(info)
-                      if "state=online" in v and (m := re.search(r"ip=([^,]+),port=(\d+)", v))}
-            ok = info.get("role") == ["master"] and online == peers
+            online = {r for r, state in replicas(info).items() if state == "online"}
+            ok = info.get("role") == ["master"] and online == peers and not master_links(info)
         else:
-            ok = info.get("role") == ["slave"] and masters == {f"{address(PRIMARY)}:{PORT}"} and status == ["up"]
+            ok = info.get("role") == ["slave"] and all_links_up(info, {f"{address(PRIMARY)}:{PORT}"})
         if not ok:
             bad[name] = info
     return bad
@@ -158,6 +147,21 @@ def replication_problems() -> dict:
 def test_every_replication_link_is_up() -> None:
     wait_for(lambda: not replication_problems(), timeout=30)
     assert replication_problems() == {}
+
+
+def test_role_names_every_peer() -> None:
+    """ROLE: KeyDB answers one active-replica entry per master, connected;
+    a Redis/Valkey replica one slave entry naming the primary."""
+    for name in NODES:
+        entries = parse_role(role_from_cli(cli(name, "ROLE").stdout))
+        got = {(e.role, f"{e.host}:{e.port}", e.state) for e in entries}
+        if ENGINE == "keydb":
+            want = {("active-replica", f"{address(p)}:{PORT}", "connected") for p in NODES if p != name}
+        elif name == PRIMARY:
+            want = set()
+        else:
+            want = {("slave", f"{address(PRIMARY)}:{PORT}", "connected")}
+        assert got == want, f"{name}: ROLE {entries}"
 
 
 def count_keys(name: str, pattern: str) -> int:
@@ -251,7 +255,7 @@ def test_failover_drill_promoted_replica_is_not_demoted_by_a_rerun() -> None:
             if name == promoted:
                 if info.get("role") != ["master"]:
                     return False
-            elif info.get("master_host") != [address(promoted)] or info.get("master_link_status") != ["up"]:
+            elif not all_links_up(info, {f"{address(promoted)}:{PORT}"}):
                 return False
         return True
 
