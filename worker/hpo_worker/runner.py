@@ -282,14 +282,14 @@ class Worker:
         errors = 0
         try:
             while not self.stop_event.is_set() and not self.stop_after_trial:
-                if self.spec.timeout is not None and time.monotonic() - t0 >= self.spec.timeout:
-                    log.info("budget: timeout %ss reached", self.spec.timeout)
-                    break
+                timed_out = self.spec.timeout is not None and time.monotonic() - t0 >= self.spec.timeout
                 try:
                     # reap first: a dead worker's trial must not stay RUNNING because the
                     # budget was reached meanwhile
                     self.reap_expired()
-                    if self.budget_reached():
+                    if timed_out:
+                        log.info("budget: timeout %ss reached", self.spec.timeout)
+                    if timed_out or self.budget_reached():
                         self.reap_before_exit()
                         break
                     self.one_trial()

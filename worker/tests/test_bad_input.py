@@ -124,7 +124,9 @@ def test_failing_grid_points_retried_three_times_then_grid_finishes(servers, tmp
     assert n == {0: 1, 1: 3, 2: 1, 3: 3, 4: 1}, n
     trials = load_trials(r.endpoint, "gridfail")
     st = states(trials)
-    assert st["RUNNING"] == 0 and st["COMPLETE"] == 3, st
+    assert st["RUNNING"] == 0, st
+    # (a second process may draw a point already COMPLETE and reuse its value)
+    assert {t.params["x"] for t in trials if t.state.name == "COMPLETE"} == {0, 2, 4}, st
     assert {t.params["x"] for t in trials if "point_failed" in t.user_attrs.get("hpo", {})} == {1, 3}
     assert "grid: every one of its 5 points is done (3 COMPLETE, 2 given up" in log.read_text()
     print(f"grid with two always-failing points: exit 0 in {took:.2f}s, {st}")
