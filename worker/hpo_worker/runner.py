@@ -188,6 +188,7 @@ class Worker:
         self._hb_stop = threading.Event()
         self._last_reap = 0.0
         self._fp_done: dict[int, tuple[bool, str]] = {}  # finished trial id -> (given up?, fingerprint)
+        self._scan_from = 0
         self._points_ok: set[str] = set()
         self._points_failed: set[str] = set()
         self._finite = spec.sampler["type"] == "grid" or spec.space_size() is not None
@@ -325,7 +326,10 @@ class Worker:
     def _update_points(self) -> None:
         """Distinct points done: COMPLETE, or given up after max_attempts failures (incremental)."""
         done = self._fp_done
-        for t in self.study.get_trials(deepcopy=False):
+        trials = self.study.get_trials(deepcopy=False)
+        while self._scan_from < len(trials) and trials[self._scan_from]._trial_id in done:
+            self._scan_from += 1  # finished trials never change: scan from the first unfinished one
+        for t in trials[self._scan_from:]:
             if t._trial_id in done or not t.state.is_finished():
                 continue
             given_up = t.state == TrialState.FAIL and "point_failed" in (t.user_attrs.get("hpo") or {})
