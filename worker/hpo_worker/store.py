@@ -9,13 +9,19 @@ Keys (``NS`` defaults to ``hpo``), all on the writer master:
 - ``NS:hb:WORKER_ID``  heartbeat of one Optuna worker id, with a TTL.
 - ``NS:claims:STUDY``  hash: params fingerprint -> JSON claim (RUNNING/COMPLETE).
 - ``NS:ended:...``     one-shot markers so a trial is ended by one party only (kept 14 days).
+- ``NS:seq``           how many journal entries this group ever appended (all studies): a
+                       master's progress, compared when choosing whom to promote.
 
 Every write is a Lua script that first checks ``NS:writer`` equals the record the
-caller was elected under; if not, the script writes nothing and answers
-``HPOFENCED``. The writer is the reachable master with the highest epoch; when
-it fails, workers promote the next reachable master in inventory order with a
-compare-and-set on its writer key (``REPLICAOF NO ONE`` first if it is a Redis
-replica), and every worker converges on the highest epoch.
+caller was elected under, and every journal write also checks that the journal
+still holds what the caller last read of it (its length and last entry); if
+not, the script writes nothing and answers ``HPOFENCED``. The writer is the
+master that holds the highest-epoch record naming itself, when no reachable
+master holds a different record at that epoch. When it fails (or records
+conflict), workers promote one master with a compare-and-set on its writer key
+(``REPLICAOF NO ONE`` first if it is a Redis replica); every worker picks the
+same one whatever its endpoint order: masters first, the most journal entries
+(``NS:seq``), then the endpoint's text.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -47,15 +54,32 @@ if cur ~= ARGV[1] then
 end
 """
 
-# KEYS: writer, journal, hb, studies   ARGV: expected, hb_ttl_ms, read_from, study, log...
+# Journal guard: ARGV[2] = entries the caller has read, ARGV[3] = the last of them.
+# A journal that shrank or changed under the caller (a stale master resynced into
+# it, a promoted standby that missed entries) is refused: nothing is written onto
+# trial ids the caller would misread.
+_GUARD = """
+local seen = tonumber(ARGV[2])
+if seen > 0 then
+  local n = redis.call('LLEN', KEYS[2])
+  if n < seen or redis.call('LINDEX', KEYS[2], seen - 1) ~= ARGV[3] then
+    return redis.error_reply('HPOFENCED journal ' .. KEYS[2] .. ' holds ' .. n ..
+      ' entries, not the ' .. seen .. ' this worker read (shrank or changed)')
+  end
+end
+"""
+
+# KEYS: writer, journal, hb, studies, seq
+# ARGV: expected, seen, last, hb_ttl_ms, read_from, study, log...
 # Returns {length, entries since read_from...} so the caller needs no second round trip
 # to read back what it (and others, meanwhile) appended; only the length if that backlog is long.
-APPEND = _CHECK + """
-for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-if ARGV[2] ~= '0' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[2]) end
-redis.call('SADD', KEYS[4], ARGV[4])
+APPEND = _CHECK + _GUARD + """
+for i = 7, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('INCRBY', KEYS[5], #ARGV - 6)
+if ARGV[4] ~= '0' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[4]) end
+redis.call('SADD', KEYS[4], ARGV[6])
 local n = redis.call('LLEN', KEYS[2])
-local from = tonumber(ARGV[3])
+local from = tonumber(ARGV[5])
 if from < 0 or n - from > 256 then return {n} end
 local out = redis.call('LRANGE', KEYS[2], from, -1)
 table.insert(out, 1, n)
@@ -89,24 +113,25 @@ else redis.call('HSET', KEYS[2], ARGV[2], ARGV[4]) end
 return 1
 """
 
-# End a trial once: KEYS: writer, journal, claims, ended_marker, hb_must_be_absent ('' = no check)
-# ARGV: expected, fingerprint ('' = none), owner_token, new_claim ('' = delete), log...
-END_TRIAL = _CHECK + """
+# End a trial once: KEYS: writer, journal, claims, ended_marker, hb_must_be_absent ('' = no check), seq
+# ARGV: expected, seen, last, fingerprint ('' = none), owner_token, new_claim ('' = delete), log...
+END_TRIAL = _CHECK + _GUARD + """
 if KEYS[5] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', 1209600) then return 0 end
-if ARGV[2] ~= '' then
-  local cur = redis.call('HGET', KEYS[3], ARGV[2])
+if ARGV[4] ~= '' then
+  local cur = redis.call('HGET', KEYS[3], ARGV[4])
   local mine = true
   if cur then
     local ok, decoded = pcall(cjson.decode, cur)
-    mine = ok and decoded['owner'] == ARGV[3]
+    mine = ok and decoded['owner'] == ARGV[5]
   end
   if mine then
-    if ARGV[4] == '' then redis.call('HDEL', KEYS[3], ARGV[2])
-    else redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
+    if ARGV[6] == '' then redis.call('HDEL', KEYS[3], ARGV[4])
+    else redis.call('HSET', KEYS[3], ARGV[4], ARGV[6]) end
   end
 end
-for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 7, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('INCRBY', KEYS[6], #ARGV - 6)
 return 1
 """
 
@@ -194,18 +219,28 @@ def _map_error(exc: redis.ResponseError) -> Exception:
     return exc
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What one master says about the group: its writer record, its role, its progress."""
+
+    endpoint: str
+    epoch: int        # -1: no record
+    named: str        # the endpoint the record names
+    record: str | None
+    role: str         # 'master' (accepts writes) or 'replica'
+    seq: int          # journal entries ever appended (NS:seq)
+
+
 class Store:
     """The current writer of a master group, its election and the fenced scripts.
 
     Thread-safe: the heartbeat thread and the main thread share one Store.
     """
 
-    def __init__(self, endpoints: list[str], password: str | None = None, namespace: str = "hpo",
-                 allow_promote_replica: bool = True) -> None:
+    def __init__(self, endpoints: list[str], password: str | None = None, namespace: str = "hpo") -> None:
         self.endpoints = list(endpoints)
         self.password = password
         self.ns = namespace
-        self.allow_promote_replica = allow_promote_replica
         self._lock = threading.RLock()  # held by elections only; fenced calls never wait on it
         self._clients: dict[str, redis.Redis] = {}
         self.record: str = ""  # "EPOCH HOST:PORT" we write under
@@ -214,8 +249,11 @@ class Store:
         self.replicas = 0
         self.adopted_at = 0.0  # time.monotonic() of the last change of writer
         self._state: tuple[str, dict[str, Any]] = ("", {})
+        # journal key -> (entries read, the last of them): every journal write checks it
+        self.journal_pos: dict[str, tuple[int, str]] = {}
         self.k_writer = f"{namespace}:writer"
         self.k_studies = f"{namespace}:studies"
+        self.k_seq = f"{namespace}:seq"
 
     # ------------------------------------------------------------ connections
     def client(self, endpoint: str) -> redis.Redis:
@@ -235,16 +273,17 @@ class Store:
             except Exception:  # noqa: BLE001 - closing best effort
                 pass
 
-    def _probe(self, endpoint: str) -> tuple[int, str, str | None, str] | None:
-        """(epoch, named writer, raw record, role) of a master, or None when unreachable."""
+    def _probe(self, endpoint: str) -> Probe | None:
+        """What a master says (record, role, progress), or None when unreachable."""
         try:
             c = self.client(endpoint)
             pipe = c.pipeline(transaction=False)
             pipe.get(self.k_writer)
             pipe.execute_command("ROLE")
-            rec, role = pipe.execute()
+            pipe.get(self.k_seq)
+            rec, role, seq = pipe.execute()
             epoch, named = parse_record(rec)
-            return (epoch, named, rec, role_kind(role))
+            return Probe(endpoint, epoch, named, rec, role_kind(role), int(seq or 0))
         except redis.AuthenticationError as exc:
             raise StoreAuthError(f"{endpoint} refused the password (set HPO_KEYDB_PASSWORD): {exc}") from None
         except redis.ResponseError as exc:
@@ -256,92 +295,139 @@ class Store:
             log.warning("endpoint %s unreachable: %r", endpoint, exc)
             return None
 
+    def _probe_all(self) -> dict[str, Probe]:
+        probes = {ep: self._probe(ep) for ep in self.endpoints}
+        return {ep: p for ep, p in probes.items() if p is not None}
+
     # ------------------------------------------------------------ election
     def elect(self, failed: str | None = None, wait: float = 60.0, stop: threading.Event | None = None,
               promote: bool = True) -> str:
-        """Find (or make) the writer. ``failed`` is an endpoint just seen failing.
+        """Find (or, with ``promote``, make) the writer. ``failed``: an endpoint just seen failing.
 
         Returns the writer record. Waits up to ``wait`` seconds for some master.
+        With ``promote=False`` nothing is written: when the group has no writer
+        record, the master a promotion would pick is read (the record stays '').
         """
         deadline = time.monotonic() + wait
         delay = 0.2
         while True:
             with self._lock:
-                rec = self._elect_once(failed) if promote else self._elect_once_adopt_only()
-                if rec:
+                reachable = self._probe_all()
+                if promote:
+                    rec = self._elect_once(reachable)
+                else:
+                    rec = self._read_only(reachable)
+                if rec is not None:
                     return rec
             if stop is not None and stop.is_set():
                 raise NoWriter("stopping while no master of the group is reachable")
             if time.monotonic() > deadline:
+                if reachable:
+                    raise NoWriter(f"no writer could be elected among {', '.join(self.endpoints)}: the"
+                                   f" masters that answer ({', '.join(reachable)}) hold epoch"
+                                   f" {max(p.epoch for p in reachable.values())}, older than the epoch"
+                                   f" {self.epoch} this worker followed (stale data: see worker/README.md)")
                 raise NoWriter(f"no master reachable among {', '.join(self.endpoints)}")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def _elect_once(self, failed: str | None) -> str | None:
-        probes = {ep: self._probe(ep) for ep in self.endpoints}
-        reachable = {ep: p for ep, p in probes.items() if p is not None}
+    def _writer_of(self, reachable: dict[str, Probe]) -> tuple[str, str] | None:
+        """(endpoint, record) of the writer, if the reachable masters agree on one."""
         if not reachable:
             return None
-        best_epoch = max(p[0] for p in reachable.values())
-        # masters before replicas, inventory order within each
-        top = sorted((ep for ep in self.endpoints if ep in reachable and reachable[ep][0] == best_epoch),
-                     key=lambda ep: (reachable[ep][3] != "master", self.endpoints.index(ep)))
-        # A master whose highest-epoch record names itself, is reachable and is a master: the writer.
-        for ep in top:
-            epoch, named, rec, role = reachable[ep]
-            if named == ep and role == "master" and epoch >= 0:
-                self._adopt(ep, rec)
-                for other, (o_epoch, _, o_rec, o_role) in reachable.items():
-                    if o_epoch < epoch and o_role == "master":
-                        self._fence(other, o_rec)
-                return rec
-        # Nobody holds the highest record yet. If the writer it names still answers,
-        # its record is only late on this probe: look again instead of promoting.
-        named = next((reachable[ep][1] for ep in top if reachable[ep][1]), "")
-        if not named and self.record and self.writer_endpoint not in reachable:
-            named = self.writer_endpoint  # we followed a writer: its record had not replicated yet
-        if named and named in reachable:
+        best = max(p.epoch for p in reachable.values())
+        if best < 0:
             return None
-        if named:
+        records = {p.record for p in reachable.values() if p.epoch == best}
+        if len(records) != 1:
+            return None  # two records at one epoch: promotions raced (or were crossed by replication)
+        rec = records.pop()
+        named = parse_record(rec)[1]
+        holder = reachable.get(named)
+        if holder is None or holder.record != rec or holder.role != "master":
+            return None
+        return named, rec
+
+    def _candidates(self, reachable: dict[str, Probe], replicas_too: bool) -> list[Probe]:
+        """Masters a promotion may pick, best first; the same order for every worker."""
+        best = max(p.epoch for p in reachable.values())
+        top = [p for p in reachable.values() if p.epoch == best and (p.role == "master" or replicas_too)]
+        return sorted(top, key=lambda p: (p.role != "master", -p.seq, p.endpoint))
+
+    def _elect_once(self, reachable: dict[str, Probe]) -> str | None:
+        if not reachable:
+            return None
+        found = self._writer_of(reachable)
+        if found is None:
+            best = max(p.epoch for p in reachable.values())
+            top_records = {p.record for p in reachable.values() if p.epoch == best and p.record}
+            named = parse_record(next(iter(top_records)))[1] if len(top_records) == 1 else ""
+            if named in reachable:
+                # The record names a master that answered without holding it. Probes are
+                # sequential: it may have been promoted just after we asked it. Ask again;
+                # if it still does not hold it, the records were crossed by replication.
+                time.sleep(0.2)
+                again = self._probe(named)
+                if again is not None:
+                    reachable[named] = again
+                    found = self._writer_of(reachable)
+        if found is not None:
+            ep, rec = found
+            self._adopt(ep, rec)
+            for other in reachable.values():
+                if other.epoch < self.epoch and other.role == "master":
+                    self._fence(other.endpoint, other.record)
+            return rec
+        if 0 <= best < self.epoch:
+            # Every master that answers is behind the epoch this worker followed: they
+            # returned with old data. Never promote one; wait for an up-to-date master.
+            log.warning("masters %s hold epoch %d < %d: stale, not promoted",
+                        ", ".join(reachable), best, self.epoch)
+            return None
+        if not named and best < 0 and self.record:
+            named = self.writer_endpoint  # we followed a writer whose record never replicated
+        if named and named not in reachable:
             time.sleep(0.3)  # one more look before declaring the writer dead
             if self._probe(named) is not None:
                 return None
-        # The named writer is down (or nothing is set up yet): promote the first
-        # reachable master in inventory order that holds the highest epoch; a replica
-        # only when a writer existed before (a fresh group starts on a master).
-        for ep in top:
-            epoch, _, rec, role = reachable[ep]
-            if role != "master" and (not named or not self.allow_promote_replica):
-                continue
-            new = f"{max(epoch, self.epoch, 0) + 1} {ep}"
-            c = self.client(ep)
+        # The named writer is down, records conflict, or nothing is set up yet: promote.
+        # A replica only when a writer existed before (a fresh group starts on a master).
+        for cand in self._candidates(reachable, replicas_too=bool(named) or best >= 0):
+            new = f"{max(best, self.epoch, 0) + 1} {cand.endpoint}"
+            c = self.client(cand.endpoint)
             try:
-                if role != "master":
-                    log.warning("promoting replica %s to master (REPLICAOF NO ONE)", ep)
+                if cand.role != "master":
+                    log.warning("promoting replica %s to master (REPLICAOF NO ONE)", cand.endpoint)
                     c.execute_command("REPLICAOF", "NO", "ONE")
-                got = c.eval(PROMOTE, 1, self.k_writer, rec or "", new)
+                got = c.eval(PROMOTE, 1, self.k_writer, cand.record or "", new)
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-                log.warning("could not promote %s: %s", ep, exc)
+                log.warning("could not promote %s: %s", cand.endpoint, exc)
                 continue
-            if got == new and (rec or "") != new:
-                log.warning("%s is the writer now (epoch %s, was %r)", ep, new.split()[0], rec)
-            # someone else may have won the race: adopt whatever the highest record is now
-            return self._elect_once_adopt_only()
+            if got == new:
+                log.warning("%s is the writer now (epoch %s, was %r)", cand.endpoint, new.split()[0],
+                            cand.record)  # logged by every worker of a race: they all set the same record
+            # someone else may have won the race: adopt whatever the masters agree on now
+            found = self._writer_of(self._probe_all())
+            if found is not None:
+                self._adopt(*found)
+                return found[1]
+            return None
         return None
 
-    def _elect_once_adopt_only(self) -> str | None:
-        best = None
-        for ep in self.endpoints:
-            p = self._probe(ep)
-            if p and p[1] == ep and p[3] == "master" and (best is None or p[0] > best[1][0]):
-                best = (ep, p)
-        if best is None:
+    def _read_only(self, reachable: dict[str, Probe]) -> str | None:
+        """The writer if there is one, else the master a promotion would pick; no write."""
+        if not reachable:
             return None
-        self._adopt(best[0], best[1][2])
-        return best[1][2]
+        found = self._writer_of(reachable)
+        if found is not None:
+            self._adopt(*found)
+            return found[1]
+        cands = self._candidates(reachable, replicas_too=True)
+        self._adopt(cands[0].endpoint, "")
+        return ""
 
     def _adopt(self, endpoint: str, rec: str) -> None:
-        if rec != self.record:
+        if rec != self.record or self.writer is None:
             writer = self.client(endpoint)
             scripts = {name: writer.register_script(src) for name, src in
                        (("append", APPEND), ("hb", HEARTBEAT), ("claim", CLAIM),
@@ -356,7 +442,7 @@ class Store:
             self._state = (rec, scripts)
             self.adopted_at = time.monotonic()
             self.generation += 1
-            log.info("writer: %s (replicas connected: %d)", rec, self.replicas)
+            log.info("writer: %s (replicas connected: %d)", rec or f"{endpoint} (read only)", self.replicas)
 
     @property
     def writer_endpoint(self) -> str:
@@ -370,15 +456,11 @@ class Store:
         """Look at every master; raise stale writer records; return a newer record if one exists."""
         newer = None
         my_epoch = self.epoch
-        for ep in self.endpoints:
-            p = self._probe(ep)
-            if p is None:
-                continue
-            epoch, named, rec, role = p
-            if epoch > my_epoch and named == ep and role == "master":
-                newer = rec
-            elif epoch < my_epoch and role == "master" and ep != self.writer_endpoint:
-                self._fence(ep, rec)
+        for p in self._probe_all().values():
+            if p.epoch > my_epoch and p.named == p.endpoint and p.role == "master":
+                newer = p.record
+            elif p.epoch < my_epoch and p.role == "master" and p.endpoint != self.writer_endpoint:
+                self._fence(p.endpoint, p.record)
         return newer
 
     def _fence(self, ep: str, rec: str | None) -> None:
@@ -391,8 +473,14 @@ class Store:
 
     # ------------------------------------------------------------ fenced calls
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a fenced script on the writer. For the journal writers ('append', 'end',
+        whose first key is the journal) the journal guard and NS:seq are added here."""
         record, scripts = self._state
         script = scripts[name]
+        if name in ("append", "end"):
+            seen, last = self.journal_pos.get(keys[0], (0, ""))
+            keys = [*keys, self.k_seq]
+            args = [seen, last, *args]
         try:
             return script(keys=[self.k_writer, *keys], args=[record, *args])
         except redis.ResponseError as exc:
@@ -445,6 +533,7 @@ class FencedJournalBackend(BaseJournalBackend):
         self._n_trials = 0
         self._tracked = 0
         self._cache: tuple[int, list[str]] | None = None
+        store.journal_pos[self.key] = (0, "")  # a new view has read nothing yet
 
     def _check_generation(self) -> None:
         if self.store.generation != self.generation:
@@ -455,26 +544,27 @@ class FencedJournalBackend(BaseJournalBackend):
         cached, self._cache = self._cache, None
         if cached is not None and cached[0] == log_number_from:
             # entries returned by our own append script: no round trip
-            for i, raw in enumerate(cached[1]):
-                entry = json.loads(raw)
-                if log_number_from + i >= self._tracked:
-                    self._track(entry)
-                    self._tracked = log_number_from + i + 1
-                yield entry
+            yield from self._entries(log_number_from, cached[1])
             return
         w = self.store.writer
         start = log_number_from
         while True:
             chunk = w.lrange(self.key, start, start + READ_CHUNK - 1)
-            for i, raw in enumerate(chunk):
-                entry = json.loads(raw)
-                if start + i >= self._tracked:
-                    self._track(entry)
-                    self._tracked = start + i + 1
-                yield entry
+            yield from self._entries(start, chunk)
             if len(chunk) < READ_CHUNK:
                 return
             start += len(chunk)
+
+    def _entries(self, start: int, raws: list[str]) -> Iterator[dict[str, Any]]:
+        """Decode entries read at ``start``; note the owners of trials and how far we read."""
+        for i, raw in enumerate(raws):
+            entry = json.loads(raw)
+            if start + i >= self._tracked:
+                self._track(entry)
+                self._tracked = start + i + 1
+            yield entry
+        if raws and start + len(raws) >= self.store.journal_pos.get(self.key, (0, ""))[0]:
+            self.store.journal_pos[self.key] = (start + len(raws), raws[-1])
 
     def _track(self, e: dict[str, Any]) -> None:
         op = e["op_code"]

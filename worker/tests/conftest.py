@@ -162,3 +162,94 @@ def load_trials(endpoint: str, study: str):
     storage = JournalStorage(FencedJournalBackend(store, 0, study))
     s = optuna.load_study(study_name=study, storage=storage)
     return s.get_trials(deepcopy=False)
+
+
+# ------------------------------------------------------------------ real KeyDB
+# KeyDB's own bookworm packages (../shared/keydb-debs beside the project, or
+# HPO_KEYDB_DEBS): their binaries are unpacked once into a cache and run as
+# active multi-master replicas on loopback, like the role configures them.
+REPO = HERE.parent.parent
+REJOIN_GUARD = REPO / "roles" / "keydb" / "files" / "keydb-rejoin-guard"
+
+
+def keydb_debs() -> Path | None:
+    for cand in (os.environ.get("HPO_KEYDB_DEBS"), REPO.parent / "shared" / "keydb-debs", "/work/shared/keydb-debs"):
+        if cand and list(Path(cand).glob("keydb-tools_*.deb")):
+            return Path(cand)
+    return None
+
+
+def keydb_bin() -> Path:
+    """Directory holding keydb-server and keydb-cli from the packages (unpacked once)."""
+    debs = keydb_debs()
+    if debs is None:
+        pytest.skip("real KeyDB packages not found: set HPO_KEYDB_DEBS to a directory with"
+                    " keydb-tools_*.deb (KeyDB's repository cannot be reached from here)")
+    deb = sorted(debs.glob("keydb-tools_*.deb"))[-1]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpo-cluster" / deb.stem
+    server = cache / "usr" / "bin" / "keydb-server"
+    if not server.exists():
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+        try:
+            tmp.rename(cache)
+        except OSError:  # another test process unpacked it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return server.parent
+
+
+class KeyDBProc(RedisProc):
+    """One real keydb-server: an active replica of every peer, accepting writes (multi-master)."""
+
+    def __init__(self, workdir: Path, name: str, bindir: Path) -> None:
+        super().__init__(workdir, name, persist=True)
+        self.bindir = bindir
+        self.peers: list[KeyDBProc] = []
+
+    def start(self, replicaof: object = True, guard: bool = False) -> KeyDBProc:
+        if guard:  # what the role's ExecStartPre does before a node comes back
+            env = dict(os.environ, REDISCLI_AUTH=PASSWORD, KEYDB_CLI=str(self.bindir / "keydb-cli"))
+            subprocess.run([str(REJOIN_GUARD), str(self.dir), *(p.endpoint for p in self.peers)],
+                           env=env, check=True, capture_output=True, timeout=30)
+        args = [str(self.bindir / "keydb-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.dir), "--requirepass", PASSWORD, "--masterauth", PASSWORD, "--save", "",
+                "--appendonly", "yes", "--appendfsync", "always", "--logfile", str(self.dir / "keydb.log"),
+                "--daemonize", "no", "--active-replica", "yes", "--multi-master", "yes",
+                "--server-threads", "2"]
+        for p in self.peers:
+            args += ["--replicaof", "127.0.0.1", str(p.port)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, 15, f"keydb-server on {self.port} (see {self.dir}/keydb.log)")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except (redis.ConnectionError, redis.BusyLoadingError, redis.ResponseError):
+            return False
+
+    def links_up(self) -> bool:
+        info = self.client().info("replication")
+        return all(info.get(k) == "up" for k in info if k.endswith("link_status")) and \
+            int(info.get("connected_masters", 0)) == len(self.peers)
+
+
+@pytest.fixture
+def keydb_group(tmp_path):
+    """keydb_group(n) -> n real KeyDB masters, each an active replica of all others, links up."""
+    bindir = keydb_bin()
+    made: list[KeyDBProc] = []
+
+    def make(n: int = 2) -> list[KeyDBProc]:
+        group = [KeyDBProc(tmp_path, f"k{len(made) + i}", bindir) for i in range(n)]
+        for k in group:
+            k.peers = [o for o in group if o is not k]
+        made.extend(group)
+        for k in group:
+            k.start()
+        wait_for(lambda: all(k.links_up() for k in group), 20, "KeyDB replication links up")
+        return group
+
+    yield make
+    for k in made:
+        k.stop()

@@ -28,7 +28,7 @@ def test_writer_killed_workers_follow_standby_old_writer_fenced(servers, tmp_pat
                       space={"x": {"type": "int", "low": 0, "high": 11}, "y": {"type": "int", "low": 0, "high": 9}},
                       budget={"n_trials": 110})
     evals = tmp_path / "e.jsonl"
-    p = start_worker(spec, endpoints, worker_env(evals, sleep=0.05), processes=4, log=tmp_path / "w.log")
+    p = start_worker(spec, endpoints, worker_env(evals, sleep=0.15), processes=4, log=tmp_path / "w.log")
     wait_for(lambda: len(ends(evals)) >= 30, 60, what="30 evaluations before the kill")
 
     before = {key(t.params): t.value for t in load_trials(m1.endpoint, "fo") if t.state.name == "COMPLETE"}
@@ -115,8 +115,9 @@ def test_follower_promotes_standby_even_if_record_never_replicated(servers):
     from conftest import PASSWORD
     from hpo_worker.store import Store
 
-    m1 = servers("m")
-    m2 = servers("s")  # a standby that received nothing (no record)
+    # two masters; m1 is the one a fresh group starts on (masters tie: lowest endpoint text)
+    m1, m2 = sorted([servers("m"), servers("s")], key=lambda r: r.endpoint)
+    # m2: a standby that received nothing (no record)
     store = Store([m1.endpoint, m2.endpoint], password=PASSWORD)
     assert store.elect(wait=5) == f"1 {m1.endpoint}"
     assert m2.client().get("hpo:writer") is None
@@ -126,3 +127,22 @@ def test_follower_promotes_standby_even_if_record_never_replicated(servers):
     m1.start(replicaof=None)
     newcomer = Store([m1.endpoint, m2.endpoint], password=PASSWORD)
     assert newcomer.elect(wait=5) == f"2 {m2.endpoint}"
+
+
+def test_crossed_records_are_resolved_not_waited_on(servers):
+    """A holds "1 B" and B holds "1 A": what two racing promotions on KeyDB active replicas
+    left behind (each SET replicated onto the other). Built here on two standalone
+    redis-servers, where it stays as set. A worker promotes one master at epoch 2 at once
+    instead of waiting for a writer that names itself; so do workers listing them the other way."""
+    from conftest import PASSWORD
+    from hpo_worker.store import Store
+
+    a, b = servers("a"), servers("b")
+    a.client().set("hpo:writer", f"1 {b.endpoint}")
+    b.client().set("hpo:writer", f"1 {a.endpoint}")
+    t0 = time.monotonic()
+    rec = Store([a.endpoint, b.endpoint], password=PASSWORD).elect(wait=10)
+    assert time.monotonic() - t0 < 3, "elected without waiting"
+    first = min(a.endpoint, b.endpoint)
+    assert rec == f"2 {first}", rec
+    assert Store([b.endpoint, a.endpoint], password=PASSWORD).elect(wait=5) == rec
