@@ -64,7 +64,7 @@ def test_claim_is_atomic_under_simultaneous_draws(servers):
 
     def claim(i):
         barrier.wait()
-        got = store.run("claim", [store.claims_key("race")], ["fp", json.dumps({"owner": f"w{i}", "state": "RUNNING"})])
+        got = store.claim("race", "fp", json.dumps({"owner": f"w{i}", "state": "RUNNING"}))
         results.append((i, got))
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(32)]
@@ -117,3 +117,24 @@ def test_report_lists_every_study_sorted(servers, tmp_path):
     heads = [ln for ln in rep.stdout.splitlines() if ln[:1].isdigit()]
     assert heads == ["0 alpha", "1 zeta"], rep.stdout
     assert "host-alpha:" in rep.stdout and "host-zeta:" in rep.stdout
+
+
+def test_report_reads_a_store_whose_writer_record_is_missing(servers, tmp_path):
+    """Issue 10 case 7: the master answers but holds no writer record (deleted, or a store
+    written by an older tool): report reads it at once, read-only, instead of waiting 12 s
+    and saying no master is reachable."""
+    import time
+
+    r = servers("nr")
+    spec = write_spec(tmp_path / "s.yaml", name="norec", budget={"n_trials": 4})
+    p = start_worker(spec, [r.endpoint], worker_env(tmp_path / "e.jsonl"), log=tmp_path / "w.log")
+    assert p.wait(60) == 0, (tmp_path / "w.log").read_text()[-2000:]
+    r.client().delete("hpo:writer")
+    t0 = time.monotonic()
+    rep = subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--study", "norec", "--endpoints", r.endpoint],
+                         env=worker_env(tmp_path / "e.jsonl"), capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    assert rep.returncode == 0, rep.stderr
+    assert "COMPLETE: 4" in rep.stdout, rep.stdout
+    assert took < 5, took
+    assert r.client().get("hpo:writer") is None, "report wrote nothing"

@@ -122,10 +122,11 @@ def current_writer(group) -> object:
     raise AssertionError("no master names a writer")
 
 
-def chaos_run(tmp_path: Path, group, kills: int = 3, n_trials: int = 400) -> dict:
+def chaos_run(tmp_path: Path, group, kills: int = 3, n_trials: int = 400, guard: bool = True) -> dict:
     """2 hosts x 3 processes on two KeyDB masters (host h2 lists them in the other order);
     the writer master SIGKILLed `kills` times mid-study and restarted with its data dir
-    through the role's rejoin guard. Returns the figures the assertions check."""
+    through the role's rejoin guard (or, guard=False, straight from its stale data).
+    Returns the figures the assertions check."""
     a, b = group
     spec = write_spec(tmp_path / "chaos.yaml", name="chaos",
                       space={"x": {"type": "int", "low": 0, "high": 39}, "y": {"type": "int", "low": 0, "high": 19}},
@@ -150,7 +151,7 @@ def chaos_run(tmp_path: Path, group, kills: int = 3, n_trials: int = 400) -> dic
         wait_for(lambda n=n_before: len(read_evals(evals, "end")) > n, 30, "progress on the survivor")
         failovers.append(time.monotonic() - t_kill)
         time.sleep(0.3)
-        victim.start(guard=True)
+        victim.start(guard=guard)
         wait_for(lambda: a.links_up() and b.links_up(), 30, "links up after the restart")
     rc1, rc2 = w1.wait(180), w2.wait(180)
     logs = (tmp_path / "h1.log").read_text() + (tmp_path / "h2.log").read_text()

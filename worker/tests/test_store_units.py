@@ -1,13 +1,33 @@
 """Pure functions of the store module (no server needed).
 
-KeyDB cannot be installed here (its repository is unreachable), so the ROLE
-replies below are written from KeyDB 6.3's source (replication.cpp,
-roleCommand): an active replica answers "active-replica", and with more than
-one master configured, a list of such entries.
+The KeyDB replies are those of the real server (KeyDB 6.3.4 from its own
+packages, three active replicas), captured into tests/fixtures/keydb/ (see
+its README); the Redis shapes are Redis's documented ROLE replies.
 """
+
+import json
+from pathlib import Path
 
 import pytest
 from hpo_worker.store import parse_endpoints, parse_record, role_kind
+
+KEYDB = Path(__file__).parent / "fixtures" / "keydb"
+
+
+@pytest.mark.parametrize("name", ["role-3-masters.json", "role-3-masters-one-down.json"])
+def test_real_keydb_role_replies_are_writable_masters(name):
+    reply = json.loads((KEYDB / name).read_text())
+    assert len(reply) == 2 and all(entry[0] == "active-replica" for entry in reply)
+    assert role_kind(reply) == "master"
+
+
+def test_real_keydb_info_replication_counts_its_peers_as_replicas():
+    """The worker's WAIT uses connected_slaves: KeyDB counts each active-replica peer there."""
+    from redis._parsers.helpers import parse_info
+
+    info = parse_info((KEYDB / "info-replication-3-masters.txt").read_text())
+    assert info["role"] == "active-replica"
+    assert int(info["connected_slaves"]) == 2
 
 
 @pytest.mark.parametrize("reply, kind", [
