@@ -7,10 +7,16 @@ the cluster relies on (password, protected mode, noeviction, persistence).
 
 from __future__ import annotations
 
+import glob
+import os
+import subprocess
+
 import pytest
-from keydb_testlib import Ansible
+import yaml
+from keydb_testlib import REPO, Ansible
 
 PASSWORD = "s3cret-for-render-test"
+ENGINES = yaml.safe_load((REPO / "roles" / "keydb" / "vars" / "main.yml").read_text())["_keydb_engines"]
 
 
 def _hosts(n: int) -> dict[str, dict]:
@@ -45,7 +51,9 @@ def _render(ansible: Ansible, hosts: dict[str, dict], **extra) -> dict[str, list
             {"name": "Stop before handlers", "ansible.builtin.meta": "end_play"},
         ],
     }
-    extra_vars = {"keydb_password": PASSWORD, "_keydb_engines": {"keydb": engine, "redis": engine}, **extra}
+    # Only the paths are redirected: each engine keeps its own daemonize.
+    engines = {name: {**engine, "daemonize": real["daemonize"]} for name, real in ENGINES.items()}
+    extra_vars = {"keydb_password": PASSWORD, "_keydb_engines": engines, **extra}
     run = ansible.run([play], inventory, extra_vars)
     assert run.ok, run.output
     configs = {}
@@ -138,3 +146,54 @@ def test_redis_primary_can_be_moved(ansible: Ansible) -> None:
     assert _values(configs["kdb3"], "replicaof") == []
     assert _one(configs["kdb1"], "replicaof") == ["198.18.77.13", "6379"]
     assert _one(configs["kdb2"], "replicaof") == ["198.18.77.13", "6379"]
+
+
+def test_valkey_is_primary_and_replicas_like_redis(ansible: Ansible) -> None:
+    hosts = _hosts(2)
+    configs = _render(ansible, hosts, keydb_engine="valkey")
+    assert _values(configs["kdb1"], "replicaof") == []
+    assert _one(configs["kdb2"], "replicaof") == ["198.18.77.11", "6379"]
+    assert _one(configs["kdb2"], "replica-read-only") == ["yes"]
+    assert _values(configs["kdb2"], "server-threads") == []
+
+
+@pytest.mark.parametrize("engine", ["keydb", "redis"])
+def test_daemonize_matches_the_packaged_unit(ansible: Ansible, engine: str) -> None:
+    """KeyDB's keydb-server.service is Type=forking with a PIDFile: the server
+    must fork and write that file (daemonize yes), or systemd times out.
+    Debian's redis-server / valkey-server units are Type=notify."""
+    configs = _render(ansible, _hosts(2), keydb_engine=engine)
+    for directives in configs.values():
+        if engine == "keydb":
+            assert _one(directives, "daemonize") == ["yes"]
+            assert _one(directives, "supervised") == ["no"]
+        else:
+            assert _one(directives, "daemonize") == ["no"]
+            assert _one(directives, "supervised") == ["systemd"]
+
+
+def _keydb_debs() -> str:
+    for d in [os.environ.get("HPO_KEYDB_DEBS", ""), str(REPO.parent / "shared" / "keydb-debs"),
+              "/work/shared/keydb-debs"]:
+        if d and glob.glob(f"{d}/keydb-server_*.deb"):
+            return d
+    return ""
+
+
+def test_role_paths_match_keydbs_own_package() -> None:
+    """The unit in the real keydb-server package names the pidfile, the
+    config file and the user the role's engine table uses."""
+    debs = _keydb_debs()
+    if not debs:
+        pytest.skip("no KeyDB packages (HPO_KEYDB_DEBS, ../shared/keydb-debs)")
+    deb = sorted(glob.glob(f"{debs}/keydb-server_*.deb"))[-1]
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True).stdout
+    unit = subprocess.run(["tar", "-xO", "./lib/systemd/system/keydb-server.service"], input=tar,
+                          capture_output=True, check=True).stdout.decode()
+    keydb = ENGINES["keydb"]
+    assert "Type=forking" in unit and keydb["daemonize"] is True
+    assert f"PIDFile={keydb['pid_file']}" in unit
+    assert f"ExecStart=/usr/bin/keydb-server {keydb['config_file']}" in unit
+    assert f"Group={keydb['group']}" in unit
+    assert f"ReadWriteDirectories=-{keydb['data_dir']}" in unit
+    assert f"ReadWriteDirectories=-{os.path.dirname(keydb['log_file'])}" in unit

@@ -1,4 +1,4 @@
-"""Item 6: the full KeyDB verification with real KeyDB packages.
+"""The full KeyDB verification with real KeyDB packages.
 
 KeyDB's repository cannot be reached from the machines this project is
 developed and tested on, and Debian has no KeyDB package. When
@@ -8,7 +8,8 @@ a signed local apt repository built from them, served on the test bed
 bridge, and the same verifier as molecule/keydb with engine keydb
 (multi-master links, writes on every node read on every other, a node
 added without losing keys, password, binding). Without the variable it is
-reported as skipped, with that reason.
+reported as skipped, with that reason. Without HPO_KEYDB_DEBS it uses
+../shared/keydb-debs beside the repository, or /work/shared/keydb-debs.
 """
 
 from __future__ import annotations
@@ -23,15 +24,30 @@ from keydb_testlib import REPO
 
 pytestmark = pytest.mark.testbed
 
+# Where the packages are looked for when HPO_KEYDB_DEBS is not set (bin/test
+# exports it from the same list).
+DEFAULT_DIRS = [REPO.parent / "shared" / "keydb-debs", Path("/work/shared/keydb-debs")]
+
 SKIP_REASON = (
-    "HPO_KEYDB_DEBS is not set: KeyDB packages cannot be downloaded here (only Debian's own "
+    "no KeyDB packages: HPO_KEYDB_DEBS is not set and neither "
+    + " nor ".join(str(d) for d in DEFAULT_DIRS)
+    + " holds keydb-server_*.deb. KeyDB packages cannot be downloaded here (only Debian's own "
     "registry is reachable). Set HPO_KEYDB_DEBS to a directory of KeyDB .deb files (keydb-tools, "
     "keydb-server for bookworm) to run molecule/keydb-packages."
 )
 
 
+def packages_dir() -> str:
+    if os.environ.get("HPO_KEYDB_DEBS"):
+        return os.environ["HPO_KEYDB_DEBS"]
+    for d in DEFAULT_DIRS:
+        if any(d.glob("keydb-server_*.deb")):
+            return str(d.resolve())
+    return ""
+
+
 def test_keydb_packages_scenario() -> None:
-    debs = os.environ.get("HPO_KEYDB_DEBS", "")
+    debs = packages_dir()
     if not debs:
         pytest.skip(SKIP_REASON)
     # A variable that is set but wrong is a mistake to report, not a skip.
@@ -39,7 +55,7 @@ def test_keydb_packages_scenario() -> None:
     assert any(n.startswith("keydb-server_") for n in found), f"HPO_KEYDB_DEBS={debs}: no keydb-server_*.deb"
     assert any(n.startswith("keydb-tools_") for n in found), f"HPO_KEYDB_DEBS={debs}: no keydb-tools_*.deb"
     molecule = Path(sys.executable).with_name("molecule")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env = dict(os.environ, HPO_KEYDB_DEBS=debs, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     proc = subprocess.run([str(molecule), "test", "-s", "keydb-packages"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]

@@ -34,9 +34,10 @@ VARS = {name: RUNNER.get_variables(name) for name in NODES}
 ENGINE = VARS[NODES[0]].get("keydb_engine", "keydb")
 PASSWORD = VARS[NODES[0]]["keydb_password"]
 PORT = int(VARS[NODES[0]].get("keydb_port", 6379))
-CLI = "keydb-cli" if ENGINE == "keydb" else "redis-cli"
-SERVICE = "keydb-server" if ENGINE == "keydb" else "redis-server"
-PRIMARY = NODES[0]  # engine redis: the first host of the group
+CLI = f"{ENGINE}-cli"  # keydb-cli, valkey-cli, redis-cli
+SERVICE = f"{ENGINE}-server"
+DATA_DIR = f"/var/lib/{ENGINE}"
+PRIMARY = NODES[0]  # engines valkey, redis: the first host of the group
 INITIAL = VARS[NODES[0]].get("keydb_test_initial_members", [])
 KEYS_PER_WRITER = 100
 
@@ -195,7 +196,7 @@ def test_a_write_is_read_back_on_every_other_node() -> None:
             assert got, f"{key} written on {writer} not readable on {reader}"
 
 
-@pytest.mark.skipif(ENGINE != "redis", reason="KeyDB active replicas accept writes on every node")
+@pytest.mark.skipif(ENGINE == "keydb", reason="KeyDB active replicas accept writes on every node")
 def test_redis_replicas_refuse_writes() -> None:
     for name in NODES:
         if name == PRIMARY:
@@ -205,7 +206,7 @@ def test_redis_replicas_refuse_writes() -> None:
 
 
 def test_adding_a_node_restarts_only_what_must_change() -> None:
-    """Redis: a new replica needs no change on the primary or the other
+    """Redis, Valkey: a new replica needs no change on the primary or the other
     replicas, so their servers keep running (same run_id as before the join).
     KeyDB: every existing peer needs the new replicaof line, so each was
     restarted once (new run_id) and still has its data (checked above)."""
@@ -213,7 +214,7 @@ def test_adding_a_node_restarts_only_what_must_change() -> None:
         before = node(name).file("/root/keydb-test-run-id-before-join").content_string.strip()
         now = re.search(r"run_id:([0-9a-f]+)", cli(name, "INFO", "server").stdout).group(1)
         assert len(before) == 40, f"{name}: no run_id recorded before the join"
-        if ENGINE == "redis":
+        if ENGINE != "keydb":
             assert now == before, f"{name} was restarted although nothing changed for it"
         else:
             assert now != before, f"{name} did not pick up the new peer"
@@ -227,7 +228,7 @@ def ansible_playbook(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(ENGINE != "redis", reason="failover by promotion concerns the Redis fallback only")
+@pytest.mark.skipif(ENGINE == "keydb", reason="failover by promotion concerns primary + replicas (valkey, redis)")
 def test_failover_drill_promoted_replica_is_not_demoted_by_a_rerun() -> None:
     """What the worker does when the Redis primary dies (REPLICAOF NO ONE on
     the next host), then what the operator does (docs/keydb.md): a re-run
@@ -263,3 +264,66 @@ def test_failover_drill_promoted_replica_is_not_demoted_by_a_rerun() -> None:
     for name in NODES:
         assert wait_for(lambda n=name: cli(n, "GET", key).stdout.strip() == value, timeout=15), name
         assert count_keys(name, f"before-join:{INITIAL[0]}:*") == KEYS_PER_WRITER, name
+
+
+GUARD = "/usr/local/libexec/hpo/keydb-rejoin-guard"
+GUARD_ENV = "/etc/keydb/hpo-rejoin-guard.env"
+
+
+@pytest.mark.skipif(ENGINE != "keydb", reason="the rejoin guard concerns KeyDB active replicas")
+def test_rejoin_guard_runs_before_every_start(host) -> None:
+    """The drop-in runs the guard with the data dir and every peer; its
+    password file is readable by root and the keydb group only."""
+    name = host.backend.get_hostname()
+    guard = host.file(GUARD)
+    assert guard.user == "root" and guard.mode == 0o755
+    env = host.file(GUARD_ENV)
+    assert (env.user, env.group, env.mode) == ("root", "keydb", 0o640)
+    assert f"REDISCLI_AUTH={PASSWORD}" in host.run(f"cat {GUARD_ENV}").stdout
+    pre = host.run("systemctl show keydb-server -p ExecStartPre --value").stdout
+    assert GUARD in pre, pre
+    for peer in NODES:
+        if peer != name:
+            assert f"{address(peer)}:{PORT}" in pre, pre
+    # The packaged unit and the drop-in load without complaint.
+    verify = host.run("systemd-analyze verify --man=no keydb-server.service")
+    assert verify.rc == 0, verify.stdout + verify.stderr
+    assert "hpo-rejoin-guard" not in verify.stdout + verify.stderr
+
+
+@pytest.mark.skipif(ENGINE != "keydb", reason="the rejoin guard concerns KeyDB active replicas")
+def test_a_returning_node_starts_empty_and_resyncs() -> None:
+    """Stop keydb-server on one node (a clean stop under the packaged
+    Type=forking unit), write on another, start it again: the guard moved its
+    old files to stale/<time>/, and it holds the new data (resynced)."""
+    returning, survivor = NODES[-1], NODES[0]
+    h = node(returning)
+    stale = f"{DATA_DIR}/stale"
+    before = set(h.run(f"ls {stale} 2>/dev/null").stdout.split())
+    old_key, old_value = f"rejoin:old:{uuid.uuid4().hex}", uuid.uuid4().hex
+    assert cli(returning, "SET", old_key, old_value).stdout.strip() == "OK"
+
+    stop = h.run("systemctl stop keydb-server")
+    assert stop.rc == 0, stop.stderr
+    assert h.run("systemctl is-active keydb-server").stdout.strip() == "inactive"
+    assert not h.file("/var/run/keydb/keydb-server.pid").exists, "no clean stop: the pidfile is left"
+    assert h.run("pgrep -x keydb-server").rc == 1
+    assert h.run(f"ls {DATA_DIR}").stdout.split(), "the stopped node has data files"
+
+    new_key, new_value = f"rejoin:new:{uuid.uuid4().hex}", uuid.uuid4().hex
+    assert cli(survivor, "SET", new_key, new_value).stdout.strip() == "OK"
+
+    start = h.run("systemctl start keydb-server")
+    assert start.rc == 0, start.stderr + h.run("journalctl -u keydb-server -n 30 --no-pager").stdout
+    assert wait_for(lambda: cli(returning, "GET", new_key).stdout.strip() == new_value, timeout=30), \
+        f"{returning} did not resync the write made while it was down"
+    assert cli(returning, "GET", old_key).stdout.strip() == old_value  # came back through the resync
+    added = set(h.run(f"ls {stale}").stdout.split()) - before
+    assert len(added) == 1, f"{stale}: {added}"
+    moved = h.run(f"ls {stale}/{added.pop()}").stdout.split()
+    assert set(moved) & {"dump.rdb", "appendonly.aof"}, moved
+    journal = h.run("journalctl -u keydb-server --no-pager -n 200").stdout
+    assert f"keydb-rejoin-guard: peer {address(survivor)}:{PORT} is serving data" in journal or \
+        "is serving data: moved local" in journal, journal[-2000:]
+    wait_for(lambda: not replication_problems(), timeout=30)
+    assert replication_problems() == {}
