@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .runner import load_objective
+    from .objective import load_objective
 
     spec = load_spec(args.spec)
     spec.build_sampler()
@@ -144,13 +144,17 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import Worker, check_objective_in_fork, default_host, load_objective, run_processes
+    import socket
+
+    from .objective import check_objective_in_fork, load_objective
+    from .runner import Worker
+    from .supervisor import run_processes
 
     spec = load_spec(args.spec)
     if args.processes < 1:
         raise ValueError(f"--processes: must be >= 1, got {args.processes}")
     _store(args)  # validate endpoints before forking
-    host = args.host_label or default_host()
+    host = args.host_label or socket.gethostname()
     if args.processes == 1:
         try:
             objective = load_objective(spec.objective, args.code_dir)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
 import math
 import os
 import signal
-import socket
-import sys
 import threading
 import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import optuna
@@ -24,8 +19,10 @@ from optuna.distributions import distribution_to_json
 from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
+from . import journal
+from .objective import BadReturn, objective_values, short_repr, wants_trial
 from .spec import StudySpec
-from .store import REAPER_WORKER_ID, FencedJournalBackend, NoWriter, Store, StoreAuthError, WriterLost
+from .store import FencedJournalBackend, NoWriter, Store, StoreAuthError, WriterLost, claim_json
 
 log = logging.getLogger("hpo_worker")
 
@@ -38,110 +35,8 @@ class WriterMoved(BaseException):
     """Raised inside the objective when the writer master changed under it."""
 
 
-class ObjectiveError(ValueError):
-    pass
-
-
-class BadReturn(Exception):
-    """The objective returned something that is not a float per direction (a programming error)."""
-
-
 class ObjectiveMisuse(BaseException):
     """Stops the worker with exit 2: the objective's return value has the wrong type or shape."""
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def objective_values(result: Any, n_directions: int) -> list[float]:
-    """The objective's return value as floats (possibly NaN/inf); BadReturn if it has the wrong
-    type (None, a string, anything float() refuses) or the wrong number of values."""
-    want = "a float" if n_directions == 1 else f"a list of {n_directions} floats (one per direction)"
-    items = list(result) if isinstance(result, (list, tuple)) else [result]
-    if len(items) != n_directions:
-        raise BadReturn(f"returned {_short(result)}: {len(items)} value(s), but the study has "
-                        f"{n_directions} direction(s); it must return {want}")
-    out = []
-    for v in items:
-        if v is None or isinstance(v, (str, bytes)):
-            raise BadReturn(f"returned {_short(result)} ({type(v).__name__}); it must return {want}")
-        try:
-            out.append(float(v))
-        except (TypeError, ValueError):
-            raise BadReturn(f"returned {_short(result)} ({type(v).__name__}, not a number);"
-                            f" it must return {want}") from None
-    return out
-
-
-def load_objective(ref: str, code_dir: str | None = None) -> Callable[..., Any]:
-    """'package.module:function' -> callable; errors name the objective field."""
-    if code_dir:
-        path = os.path.abspath(code_dir)
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    mod_name, _, fn_name = ref.partition(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import error is reported the same way
-        raise ObjectiveError(f"objective: cannot import module {mod_name!r}: {exc!r}"
-                             f" (is --code-dir / HPO_CODE_DIR set?)") from None
-    if not hasattr(module, fn_name):
-        raise ObjectiveError(f"objective: {mod_name!r} has no function {fn_name!r}")
-    fn = getattr(module, fn_name)
-    if not callable(fn):
-        raise ObjectiveError(f"objective: {ref} is {_short(fn, 60)} ({type(fn).__name__}), not a function")
-    return fn
-
-
-def check_objective_in_fork(ref: str, code_dir: str | None = None) -> None:
-    """Import the objective in a throwaway forked process and raise its ObjectiveError here.
-
-    Used before forking --processes N workers: an objective that fails to import is
-    reported once, with exit 2, instead of a traceback per child; the parent itself
-    never imports it (code that starts threads or a GPU context at import must not be forked).
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the throwaway child
-        os.close(r)
-        msg = ""
-        try:
-            load_objective(ref, code_dir)
-        except ObjectiveError as exc:
-            msg = str(exc)
-        except BaseException as exc:  # noqa: BLE001 - anything the import raised
-            msg = f"objective: importing {ref} raised {exc!r}"
-        try:
-            os.write(w, msg.encode("utf-8", "replace")[:60000])
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks = []
-    with os.fdopen(r, "rb") as f:
-        chunks.append(f.read())
-    _, status = os.waitpid(pid, 0)
-    msg = b"".join(chunks).decode("utf-8", "replace")
-    if msg:
-        raise ObjectiveError(msg)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise ObjectiveError(f"objective: importing {ref} ended the process that checks it"
-                             f" ({'signal ' + str(-code) if code < 0 else 'exit ' + str(code)})")
-
-
-def wants_trial(fn: Callable[..., Any]) -> bool:
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    if any(p.name == "trial" for p in params):
-        return True
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2
 
 
 @dataclass
@@ -156,10 +51,6 @@ class InFlight:
     values: list[float] | None = None
     attempts: int = 0  # failed evaluations of these params before this one
     started: float = field(default_factory=time.time)
-
-
-def _now_iso() -> str:
-    return datetime.now(tz=timezone.utc).isoformat(timespec="microseconds")
 
 
 class Worker:
@@ -244,8 +135,7 @@ class Worker:
             backend = self.backend
             try:
                 if backend is not None and backend.generation == self.store.generation and backend.my_worker_ids:
-                    ids = list(backend.my_worker_ids)
-                    self.store.run("hb", [self.store.hb_key(w) for w in ids], [self.hb_ttl_ms])
+                    self.store.heartbeat(list(backend.my_worker_ids), self.hb_ttl_ms)
                 newer = None
                 if n % 2 == 0:
                     newer = self.store.fence_stale_masters()
@@ -386,17 +276,15 @@ class Worker:
         self.inflight = inf
         inf.params = self._suggest(trial)
         inf.fingerprint = self.spec.fingerprint(inf.params)
-        claim = json.dumps({"owner": inf.token, "state": "RUNNING", "trial": inf.number, "host": self.host})
-        other = self.store.run("claim", [self.store.claims_key(self.spec.name)], [inf.fingerprint, claim])
+        other = self.store.claim(self.spec.name, inf.fingerprint,
+                                 claim_json(inf.token, "RUNNING", inf.number, self.host))
         if other is not None:
             c = json.loads(other)
             if c.get("state") == "FAILED" and c.get("attempts", 0) < self.spec.max_attempts:
                 # failed before, not given up yet: take the claim over (compare-and-set on
                 # its owner token; of two workers doing this at once, one wins)
-                retry = json.dumps({"owner": inf.token, "state": "RUNNING", "trial": inf.number,
-                                    "host": self.host, "attempts": c["attempts"]})
-                if self.store.run("update_claim", [self.store.claims_key(self.spec.name)],
-                                  [inf.fingerprint, c["owner"], retry]):
+                retry = claim_json(inf.token, "RUNNING", inf.number, self.host, attempts=c["attempts"])
+                if self.store.update_claim(self.spec.name, inf.fingerprint, c["owner"], retry):
                     other = None
                     inf.attempts = int(c["attempts"])
         if other is not None:
@@ -460,12 +348,11 @@ class Worker:
             study.tell(trial, state=TrialState.FAIL)
             raise ObjectiveMisuse(f"{msg}; stopping (exit 2)") from None
         if not all(math.isfinite(v) for v in values):
-            self._failed(inf, f"returned {_short(result)} (not finite)")
+            self._failed(inf, f"returned {short_repr(result)} (not finite)")
             return
         inf.values = values
-        done = json.dumps({"owner": inf.token, "state": "COMPLETE", "values": inf.values,
-                           "trial": inf.number, "host": self.host})
-        self.store.run("update_claim", [self.store.claims_key(self.spec.name)], [inf.fingerprint, inf.token, done])
+        self.store.update_claim(self.spec.name, inf.fingerprint, inf.token,
+                                claim_json(inf.token, "COMPLETE", inf.number, self.host, values=inf.values))
         try:
             study.tell(trial, inf.values)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -483,69 +370,33 @@ class Worker:
         log.error("trial %d: objective %s %s: FAIL (attempt %d of %d for these params%s)%s", inf.number,
                   self.spec.objective, why, attempts, self.spec.max_attempts,
                   "; given up" if give_up else "; requeued", ":\n" + details if details else "")
-        claim = json.dumps({"owner": inf.token, "state": "FAILED", "attempts": attempts, "trial": inf.number,
-                            "host": self.host, "error": why[:300]})
+        claim = claim_json(inf.token, "FAILED", inf.number, self.host, attempts=attempts, error=why[:300])
         if give_up:
             inf.trial.set_user_attr("hpo", self._attrs(inf, point_failed=attempts, error=why[:300]))
-        logs = [self._fail_log(inf.trial_id)]
+        entries = [journal.fail_entry(inf.trial_id)]
         if not give_up:
-            logs.append(self._requeue_log(inf.params, {"hpo_requeued_from": inf.number,
-                                                       "hpo_reason": f"attempt {attempts} failed"}))
-        self.store.run("end", [self.backend.key, self.store.claims_key(self.spec.name),
-                               self._marker(inf.trial_id, inf.token), ""],
-                       [inf.fingerprint, inf.token, claim, *logs])
+            entries.append(self._requeue_entry(inf.params, inf.number, f"attempt {attempts} failed"))
+        self.store.end_trial(self.spec.name, inf.trial_id, inf.token, entries, inf.fingerprint, claim)
         self.inflight = None
 
     def _release_claim(self, inf: InFlight) -> None:
-        self.store.run("update_claim", [self.store.claims_key(self.spec.name)], [inf.fingerprint, inf.token, ""])
+        self.store.update_claim(self.spec.name, inf.fingerprint, inf.token, None)
 
     # ------------------------------------------------------------ ending trials by hand
-    def _fail_log(self, trial_id: int) -> str:
-        return json.dumps({"op_code": 6, "worker_id": REAPER_WORKER_ID, "trial_id": trial_id,
-                           "state": int(TrialState.FAIL), "values": None, "datetime_complete": _now_iso()})
-
-    def _complete_log(self, trial_id: int, values: list[float]) -> str:
-        return json.dumps({"op_code": 6, "worker_id": REAPER_WORKER_ID, "trial_id": trial_id,
-                           "state": int(TrialState.COMPLETE), "values": values, "datetime_complete": _now_iso()})
-
-    def _requeue_log(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> str:
-        """A WAITING trial with fixed params: what Study.enqueue_trial writes."""
-        return json.dumps({"op_code": 4, "worker_id": REAPER_WORKER_ID, "study_id": self.study._study_id,
-                           "datetime_start": None, "state": int(TrialState.WAITING), "value": None,
-                           "values": None, "distributions": {}, "params": {}, "user_attrs": user_attrs,
-                           "system_attrs": {"fixed_params": params}, "intermediate_values": {}})
-
-    def _added_complete_log(self, inf: InFlight) -> str:
-        dists = {k: self.distributions[k] for k in inf.params}
-        return json.dumps({
-            "op_code": 4, "worker_id": REAPER_WORKER_ID, "study_id": self.study._study_id,
-            "datetime_start": datetime.fromtimestamp(inf.started, tz=timezone.utc).isoformat(timespec="microseconds"),
-            "datetime_complete": _now_iso(), "state": int(TrialState.COMPLETE),
-            "value": None if len(inf.values) > 1 else inf.values[0],
-            "values": inf.values if len(inf.values) > 1 else None,
-            "distributions": {k: distribution_to_json(d) for k, d in dists.items()},
-            "params": {k: dists[k].to_internal_repr(v) for k, v in inf.params.items()},
-            "user_attrs": {"hpo": {"host": self.host, "pid": os.getpid(), "token": inf.token,
-                                   "recorded_after_failover_from": inf.number}},
-            "system_attrs": {}, "intermediate_values": {}})
-
-    def _marker(self, trial_id: int, owner: str) -> str:
-        return f"{self.store.ns}:ended:{self.spec.name}:{trial_id}:{owner}"
+    def _requeue_entry(self, params: dict[str, Any], number: int, why: str) -> str:
+        return journal.requeue_entry(self.study._study_id, params, {"hpo_requeued_from": number, "hpo_reason": why})
 
     def end_and_requeue(self, inf: InFlight, why: str, trial_in_view: bool = True) -> None:
         """FAIL the trial (if it is in the current view), requeue its params, release its claim: atomically."""
-        logs = []
+        entries = []
         if trial_in_view:
-            logs.append(self._fail_log(inf.trial_id))
+            entries.append(journal.fail_entry(inf.trial_id))
         if len(inf.params) == len(self.spec.space):
-            logs.append(self._requeue_log(inf.params, {"hpo_requeued_from": inf.number, "hpo_reason": why}))
+            entries.append(self._requeue_entry(inf.params, inf.number, why))
         fp = inf.fingerprint if inf.claimed else ""
         # a point that failed before keeps its count of failed attempts
-        keep = json.dumps({"owner": inf.token, "state": "FAILED", "attempts": inf.attempts, "trial": inf.number,
-                           "host": self.host}) if inf.attempts else ""
-        self.store.run("end", [self.backend.key, self.store.claims_key(self.spec.name),
-                               self._marker(inf.trial_id, inf.token), ""],
-                       [fp, inf.token, keep, *logs])
+        keep = claim_json(inf.token, "FAILED", inf.number, self.host, attempts=inf.attempts) if inf.attempts else None
+        self.store.end_trial(self.spec.name, inf.trial_id, inf.token, entries, fp, keep)
         log.warning("trial %d ended (%s) and its params requeued", inf.number, why)
         self.inflight = None
 
@@ -610,15 +461,13 @@ class Worker:
         for t, owner in self._expired():
             attrs = t.user_attrs.get("hpo", {})
             params = t.system_attrs.get("fixed_params") or t.params
-            logs = [self._fail_log(t._trial_id)]
+            entries = [journal.fail_entry(t._trial_id)]
+            fp = ""
             if len(params) == len(self.spec.space):
-                logs.append(self._requeue_log(params, {"hpo_requeued_from": t.number,
-                                                       "hpo_reason": "heartbeat expired"}))
-            fp = self.spec.fingerprint(params) if len(params) == len(self.spec.space) else ""
-            done = self.store.run("end", [self.backend.key, self.store.claims_key(self.spec.name),
-                                          self._marker(t._trial_id, f"{owner}/{t._trial_id}"),
-                                          self.store.hb_key(owner)],
-                                  [fp, f"{owner}/{t._trial_id}", "", *logs])
+                entries.append(self._requeue_entry(params, t.number, "heartbeat expired"))
+                fp = self.spec.fingerprint(params)
+            done = self.store.end_trial(self.spec.name, t._trial_id, f"{owner}/{t._trial_id}", entries, fp,
+                                        unless_alive=owner)
             if done:
                 reaped += 1
                 log.warning("reaped trial %d of %s (heartbeat expired): FAIL, params requeued",
@@ -670,17 +519,21 @@ class Worker:
         if owner is not None and f"{owner}/{inf.trial_id}" == inf.token:
             mine = self.study._storage.get_trial(inf.trial_id)
         if inf.values is not None:
-            claims = [self.backend.key, self.store.claims_key(self.spec.name),
-                      self._marker(inf.trial_id, inf.token) + ":result", ""]
-            done = json.dumps({"owner": inf.token, "state": "COMPLETE", "values": inf.values,
-                               "trial": inf.number, "host": self.host})
             if mine is not None and mine.state == TrialState.COMPLETE:
                 return
             if mine is not None and mine.state == TrialState.RUNNING:
-                logs = [self._complete_log(inf.trial_id, inf.values)]
+                entries = [journal.complete_entry(inf.trial_id, inf.values)]
             else:
-                logs = [self._added_complete_log(inf)]
-            if self.store.run("end", claims, [inf.fingerprint, inf.token, done, *logs]):
+                dists = {k: self.distributions[k] for k in inf.params}
+                entries = [journal.added_complete_entry(
+                    self.study._study_id, inf.started, inf.values,
+                    {k: distribution_to_json(d) for k, d in dists.items()},
+                    {k: dists[k].to_internal_repr(v) for k, v in inf.params.items()},
+                    {"host": self.host, "pid": os.getpid(), "token": inf.token,
+                     "recorded_after_failover_from": inf.number})]
+            done = claim_json(inf.token, "COMPLETE", inf.number, self.host, values=inf.values)
+            if self.store.end_trial(self.spec.name, inf.trial_id, inf.token, entries, inf.fingerprint, done,
+                                    result=True):
                 self.store.wait_replicas()
                 log.warning("trial %d: result recorded on the new writer", inf.number)
             return
@@ -696,83 +549,3 @@ class Worker:
             self.store.writer.delete(*[self.store.hb_key(w) for w in b.my_worker_ids])
         except Exception:  # noqa: BLE001 - best effort; the keys expire anyway
             pass
-
-
-def run_processes(make_worker: Callable[[int], Worker], processes: int) -> int:
-    """Fork N children, each a Worker; forward SIGTERM/SIGINT; exit 0 if all stopped cleanly."""
-    if processes <= 1:
-        return _run_child(make_worker, 0)
-    children: list[int] = []
-    received: list[int] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        received.append(signum)
-        for pid in children:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    # installed before forking: a stop that arrives while children start is not lost
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for index in range(processes):
-        pid = os.fork()
-        if pid == 0:
-            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only; it forwards once
-            code = 1
-            try:
-                code = _run_child(make_worker, index)
-            except ObjectiveError as exc:  # the import failed in this child only (checked before forking)
-                print(f"hpo-worker: error: {exc}", file=sys.stderr)
-                code = 2
-            except BaseException:  # noqa: BLE001 - report anything, exit non-zero
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
-        for signum in received:  # a signal that came before this child existed
-            os.kill(pid, signum)
-    worst = 0
-    for pid in children:
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except ChildProcessError:
-                status = 0
-                break
-            except InterruptedError:
-                continue
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            log.error("worker process %d exited with %d", pid, code)
-            worst = worst or (code if code > 0 else 1)
-    return worst
-
-
-def _run_child(make_worker: Callable[[int], Worker], index: int) -> int:
-    """Build a worker (importing the objective may take a while) without losing a stop signal."""
-    early: list[int] = []
-
-    def remember(signum: int, frame: Any) -> None:
-        early.append(signum)
-
-    signal.signal(signal.SIGTERM, remember)
-    signal.signal(signal.SIGINT, remember)
-    worker = make_worker(index)
-    worker.install_signal_handlers()
-    if signal.SIGTERM in early or early.count(signal.SIGINT) > 1:
-        worker.stop_event.set()
-    elif early:
-        worker.stop_after_trial = True
-    if worker.stop_event.is_set() or worker.stop_after_trial:
-        log.warning("stop requested while starting; exiting")
-        return 0
-    return worker.run()
-
-
-def default_host() -> str:
-    return socket.gethostname()

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
@@ -114,11 +114,6 @@ class StudySpec:
     heartbeat_interval: float = 2.0
     heartbeat_ttl: float = 10.0
     max_attempts: int = MAX_ATTEMPTS_DEFAULT
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def param_names(self) -> list[str]:
-        return [p.name for p in self.space]
 
     def distributions(self) -> dict[str, BaseDistribution]:
         return {p.name: p.distribution() for p in self.space}

@@ -39,12 +39,13 @@ from optuna.storages.journal import BaseJournalBackend
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .journal import Replay
+
 log = logging.getLogger("hpo_worker.store")
 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 READ_CHUNK = 20_000
-REAPER_WORKER_ID = "hpo-worker-reaper"  # never the id of a live JournalStorage
 
 # ---------------------------------------------------------------- Lua scripts
 _CHECK = """
@@ -211,6 +212,13 @@ def role_kind(role: Any) -> str:
     if isinstance(first, bytes):
         first = first.decode()
     return "master" if first in ("master", "active-replica") else "replica"
+
+
+def claim_json(owner: str, state: str, trial: int, host: str, **extra: Any) -> str:
+    """A claim (the value of one fingerprint in NS:claims:STUDY): who owns the params
+    (``owner``: the claiming trial's token, JOURNAL_WORKER_ID/TRIAL_ID), RUNNING,
+    COMPLETE (with ``values``) or FAILED (with ``attempts``), the trial number and host."""
+    return json.dumps({"owner": owner, "state": state, "trial": trial, "host": host, **extra})
 
 
 def _map_error(exc: redis.ResponseError) -> Exception:
@@ -472,7 +480,38 @@ class Store:
             pass
 
     # ------------------------------------------------------------ fenced calls
-    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def claim(self, study: str, fingerprint: str, claim: str) -> str | None:
+        """Claim a param set; None when it was free (now ours), else the claim that holds it."""
+        return self._run("claim", [self.claims_key(study)], [fingerprint, claim])
+
+    def update_claim(self, study: str, fingerprint: str, owner: str, claim: str | None) -> bool:
+        """Replace (``claim``) or delete (None) a claim while ``owner`` still holds it."""
+        return bool(self._run("update_claim", [self.claims_key(study)], [fingerprint, owner, claim or ""]))
+
+    def heartbeat(self, worker_ids: Iterable[str], ttl_ms: int) -> None:
+        """Refresh the heartbeat keys of these journal worker ids."""
+        self._run("hb", [self.hb_key(w) for w in worker_ids], [ttl_ms])
+
+    def append(self, study: str, worker_id: str, hb_ttl_ms: int, read_from: int, entries: list[str]) -> list[str]:
+        """Append journal entries (and refresh ``worker_id``'s heartbeat unless ``hb_ttl_ms`` is 0).
+        Returns [length, entries from ``read_from``...], or [length] alone when that backlog is long."""
+        return self._run("append", [self.journal_key(study), self.hb_key(worker_id), self.k_studies],
+                         [hb_ttl_ms, read_from, study, *entries])
+
+    def end_trial(self, study: str, trial_id: int, token: str, entries: list[str], fingerprint: str = "",
+                  claim: str | None = None, unless_alive: str | None = None, result: bool = False) -> bool:
+        """End a trial once (whoever comes first: its worker, a reaper, a failover settlement).
+
+        Appends ``entries`` and, if ``fingerprint`` is given and its claim is still ``token``'s,
+        sets it to ``claim`` (None deletes it), atomically; nothing when the trial was already
+        ended under this token (one-shot marker; ``result``: the marker of a recorded result)
+        or, with ``unless_alive``, while that worker id's heartbeat key exists. True if done."""
+        marker = f"{self.ns}:ended:{study}:{trial_id}:{token}" + (":result" if result else "")
+        hb = self.hb_key(unless_alive) if unless_alive else ""
+        return bool(self._run("end", [self.journal_key(study), self.claims_key(study), marker, hb],
+                              [fingerprint, token, claim or "", *entries]))
+
+    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a fenced script on the writer. For the journal writers ('append', 'end',
         whose first key is the journal) the journal guard and NS:seq are added here."""
         record, scripts = self._state
@@ -527,10 +566,8 @@ class FencedJournalBackend(BaseJournalBackend):
         self.hb_ttl_ms = hb_ttl_ms
         self.generation = store.generation
         self.my_worker_ids: set[str] = set()
-        self.trial_owner: dict[int, str] = {}
-        self._study_names: set[str] = set()
-        self._n_studies = 0
-        self._n_trials = 0
+        self.replay = Replay()  # entries read so far, replayed once more for the reaper
+        self.trial_owner: dict[int, str] = self.replay.owner  # trial id -> worker id that runs it
         self._tracked = 0
         self._cache: tuple[int, list[str]] | None = None
         store.journal_pos[self.key] = (0, "")  # a new view has read nothing yet
@@ -560,34 +597,18 @@ class FencedJournalBackend(BaseJournalBackend):
         for i, raw in enumerate(raws):
             entry = json.loads(raw)
             if start + i >= self._tracked:
-                self._track(entry)
+                self.replay.apply(entry)
                 self._tracked = start + i + 1
             yield entry
         if raws and start + len(raws) >= self.store.journal_pos.get(self.key, (0, ""))[0]:
             self.store.journal_pos[self.key] = (start + len(raws), raws[-1])
-
-    def _track(self, e: dict[str, Any]) -> None:
-        op = e["op_code"]
-        if op == 0:
-            if e["study_name"] not in self._study_names:
-                self._study_names.add(e["study_name"])
-                self._n_studies += 1
-        elif op == 4:
-            if e["study_id"] < self._n_studies:
-                tid = self._n_trials
-                self._n_trials += 1
-                if e.get("state", 0) == 0:  # RUNNING
-                    self.trial_owner[tid] = e["worker_id"]
-        elif op == 6 and e["state"] == 0:  # RUNNING
-            self.trial_owner.setdefault(e["trial_id"], e["worker_id"])
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         self._check_generation()
         worker_id = logs[0]["worker_id"] if logs else ""
         self.my_worker_ids.add(worker_id)
         read_from = self._tracked
-        res = self.store.run("append", [self.key, self.store.hb_key(worker_id), self.store.k_studies],
-                             [self.hb_ttl_ms, read_from, self.study, *(json.dumps(x) for x in logs)])
+        res = self.store.append(self.study, worker_id, self.hb_ttl_ms, read_from, [json.dumps(x) for x in logs])
         if len(res) > 1 and int(res[0]) == read_from + len(res) - 1:
             self._cache = (read_from, res[1:])
 

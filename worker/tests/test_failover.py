@@ -100,7 +100,7 @@ def test_write_under_a_stale_record_is_refused(servers):
     fresh.fence_stale_masters()
     assert m1.client().get("hpo:writer") == f"2 {m2.endpoint}" != before
     try:
-        stale.run("claim", [stale.claims_key("x")], ["fp", json.dumps({"owner": "stale", "state": "RUNNING"})])
+        stale.claim("x", "fp", json.dumps({"owner": "stale", "state": "RUNNING"}))
     except Fenced as exc:
         assert "HPOFENCED" in str(exc)
     else:

@@ -1,0 +1,214 @@
+"""Optuna's journal as hpo-worker reads and writes it: op codes, entries, one replay.
+
+The journal of a study is a list of JSON entries in Optuna's own format
+(``optuna.storages.journal.JournalOperation``). Optuna writes most of them;
+the worker writes a few by hand (inside the fenced ``end`` script, atomically
+with a claim change): FAIL or COMPLETE a trial, requeue params as a WAITING
+trial, add a COMPLETE trial recorded after a failover. Those builders are here.
+
+:class:`Replay` is the one replay of a journal outside Optuna: the storage
+backend feeds it the entries it hands to Optuna (to know which worker id runs
+each RUNNING trial, for the reaper), ``report`` and ``trials`` feed it raw
+entries and it parses only the ones they need. This module imports neither
+Optuna nor Redis, so the read-only commands start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+# optuna.storages.journal.JournalOperation
+CREATE_STUDY = 0
+DELETE_STUDY = 1
+SET_STUDY_USER_ATTR = 2
+SET_STUDY_SYSTEM_ATTR = 3
+CREATE_TRIAL = 4
+SET_TRIAL_PARAM = 5
+SET_TRIAL_STATE_VALUES = 6
+SET_TRIAL_INTERMEDIATE_VALUE = 7
+SET_TRIAL_USER_ATTR = 8
+SET_TRIAL_SYSTEM_ATTR = 9
+
+# optuna.trial.TrialState
+RUNNING, COMPLETE, PRUNED, FAIL, WAITING = 0, 1, 2, 3, 4
+STATE_NAMES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")
+FINISHED = (COMPLETE, PRUNED, FAIL)
+
+REAPER_WORKER_ID = "hpo-worker-reaper"  # never the id of a live JournalStorage
+
+
+def now_iso() -> str:
+    return datetime.now(tz=timezone.utc).isoformat(timespec="microseconds")
+
+
+# ---------------------------------------------------------------- entries written by hand
+def fail_entry(trial_id: int) -> str:
+    return json.dumps({"op_code": SET_TRIAL_STATE_VALUES, "worker_id": REAPER_WORKER_ID, "trial_id": trial_id,
+                       "state": FAIL, "values": None, "datetime_complete": now_iso()})
+
+
+def complete_entry(trial_id: int, values: list[float]) -> str:
+    return json.dumps({"op_code": SET_TRIAL_STATE_VALUES, "worker_id": REAPER_WORKER_ID, "trial_id": trial_id,
+                       "state": COMPLETE, "values": values, "datetime_complete": now_iso()})
+
+
+def requeue_entry(study_id: int, params: dict[str, Any], user_attrs: dict[str, Any]) -> str:
+    """A WAITING trial with fixed params: what Study.enqueue_trial writes."""
+    return json.dumps({"op_code": CREATE_TRIAL, "worker_id": REAPER_WORKER_ID, "study_id": study_id,
+                       "datetime_start": None, "state": WAITING, "value": None,
+                       "values": None, "distributions": {}, "params": {}, "user_attrs": user_attrs,
+                       "system_attrs": {"fixed_params": params}, "intermediate_values": {}})
+
+
+def added_complete_entry(study_id: int, started: float, values: list[float], distributions: dict[str, str],
+                         params_internal: dict[str, Any], hpo: dict[str, Any]) -> str:
+    """A COMPLETE trial created whole (a result recorded on a new writer whose journal lacks its trial)."""
+    return json.dumps({
+        "op_code": CREATE_TRIAL, "worker_id": REAPER_WORKER_ID, "study_id": study_id,
+        "datetime_start": datetime.fromtimestamp(started, tz=timezone.utc).isoformat(timespec="microseconds"),
+        "datetime_complete": now_iso(), "state": COMPLETE,
+        "value": None if len(values) > 1 else values[0],
+        "values": values if len(values) > 1 else None,
+        "distributions": distributions, "params": params_internal,
+        "user_attrs": {"hpo": hpo}, "system_attrs": {}, "intermediate_values": {}})
+
+
+# ---------------------------------------------------------------- the replay
+def op_code(raw: str) -> int:
+    # json.dumps of Optuna's entries starts with {"op_code": N (N < 10: one digit)
+    if raw.startswith('{"op_code": ') and raw[13] == ",":
+        return ord(raw[12]) - 48
+    return int(json.loads(raw)["op_code"])
+
+
+def _external(distribution: Any, internal: Any) -> Any:
+    """Optuna's to_external_repr without importing Optuna: categorical index -> choice, ints."""
+    d = json.loads(distribution) if isinstance(distribution, str) else distribution
+    name = d.get("name", "")
+    if name == "CategoricalDistribution":
+        return d["attributes"]["choices"][int(internal)]
+    if name in ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution"):
+        return int(internal)
+    return float(internal)
+
+
+class Trial:
+    """What the replay keeps of one trial (params only when asked for)."""
+
+    __slots__ = ("trial_id", "number", "study", "state", "start", "complete", "hpo", "values", "params")
+
+    def __init__(self, trial_id: int, number: int, study: int, state: int, start: str | None,
+                 complete: str | None) -> None:
+        self.trial_id = trial_id
+        self.number = number
+        self.study = study
+        self.state = state
+        self.start = start
+        self.complete = complete
+        self.hpo: dict[str, Any] | None = None
+        self.values: list[float] | None = None
+        self.params: dict[str, Any] | None = None
+
+
+class Replay:
+    """Replays journal entries the way Optuna's JournalStorage does, keeping only what
+    hpo-worker needs: study names, per trial its state, start/complete times, the
+    ``hpo`` user attr, values (and params with ``params=True``), and which worker id
+    runs each trial (``owner``: the first worker that set it RUNNING, as the reaper needs).
+
+    ``feed(raw)`` takes raw JSON and parses only the entries that matter;
+    ``apply(entry)`` takes an entry already decoded (the storage backend's case).
+    """
+
+    def __init__(self, params: bool = False, values: bool = False) -> None:
+        self.study_names: list[str] = []
+        self._study_ids: dict[str, int] = {}
+        self.trials: list[Trial] = []
+        self._per_study: list[int] = []   # trials per study (trial numbers)
+        self.owner: dict[int, str] = {}   # trial id -> worker id that runs (or ran) it
+        self.want_params = params
+        self.want_values = values or params
+        skip = {DELETE_STUDY, SET_STUDY_USER_ATTR, SET_STUDY_SYSTEM_ATTR, SET_TRIAL_INTERMEDIATE_VALUE,
+                SET_TRIAL_SYSTEM_ATTR}
+        if not params:
+            skip.add(SET_TRIAL_PARAM)
+        self._skip = frozenset(skip)
+
+    def feed(self, raws: Iterable[str]) -> Replay:
+        loads, skip, apply = json.loads, self._skip, self.apply
+        for raw in raws:
+            if op_code(raw) in skip:
+                continue
+            apply(loads(raw))
+        return self
+
+    def apply(self, e: dict[str, Any]) -> None:
+        op = e["op_code"]
+        if op == CREATE_STUDY:
+            name = e["study_name"]
+            if name not in self._study_ids:
+                self._study_ids[name] = len(self.study_names)
+                self.study_names.append(name)
+                self._per_study.append(0)
+        elif op == CREATE_TRIAL:
+            sid = e["study_id"]
+            if sid >= len(self.study_names):
+                return
+            tid = len(self.trials)
+            state = e.get("state", RUNNING)
+            t = Trial(tid, self._per_study[sid], sid, state, e.get("datetime_start"), e.get("datetime_complete"))
+            self._per_study[sid] += 1
+            self.trials.append(t)
+            if state == RUNNING:
+                self.owner[tid] = e["worker_id"]
+            h = (e.get("user_attrs") or {}).get("hpo")
+            if isinstance(h, dict):
+                t.hpo = h
+            if self.want_values:
+                v = e.get("values")
+                t.values = v if v is not None else ([e["value"]] if e.get("value") is not None else None)
+            if self.want_params:
+                dists = e.get("distributions") or {}
+                p = {k: _external(dists[k], v) for k, v in (e.get("params") or {}).items() if k in dists}
+                fixed = (e.get("system_attrs") or {}).get("fixed_params")
+                if not p and isinstance(fixed, dict) and state == WAITING:
+                    p = dict(fixed)
+                t.params = p
+        elif op == SET_TRIAL_STATE_VALUES:
+            tid = e["trial_id"]
+            st = e["state"]
+            if st == RUNNING:
+                self.owner.setdefault(tid, e["worker_id"])
+            if tid >= len(self.trials):
+                return
+            t = self.trials[tid]
+            if t.state in FINISHED:
+                return  # finished trials are not updatable (as in Optuna's replay)
+            if st == RUNNING:
+                if t.state == RUNNING:
+                    return  # popped by another worker first
+                t.start = e.get("datetime_start")
+            elif st in FINISHED:
+                t.complete = e.get("datetime_complete")
+            t.state = st
+            if self.want_values and e.get("values") is not None:
+                t.values = e["values"]
+        elif op == SET_TRIAL_USER_ATTR:
+            tid = e["trial_id"]
+            if tid < len(self.trials) and self.trials[tid].state not in FINISHED:
+                h = e["user_attr"].get("hpo")
+                if isinstance(h, dict):
+                    self.trials[tid].hpo = h
+        elif op == SET_TRIAL_PARAM and self.want_params:
+            tid = e["trial_id"]
+            if tid < len(self.trials) and self.trials[tid].state not in FINISHED:
+                t = self.trials[tid]
+                if t.params is None:
+                    t.params = {}
+                t.params[e["param_name"]] = _external(e["distribution"], e["param_value_internal"])
+
+    def study_id(self, name: str) -> int | None:
+        return self._study_ids.get(name)
