@@ -46,14 +46,14 @@ def cluster(**host_b: object) -> dict:
         }}}
 
 
-def site(tmp_path: Path, data: dict) -> str:
+def site(tmp_path: Path, data: dict, *extra: str) -> str:
     inv = tmp_path / "inventory.yml"
-    inv.write_text(yaml.safe_dump(data))
+    inv.write_text(yaml.safe_dump(data, sort_keys=False))
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_FORCE_COLOR="0", ANSIBLE_CACHE_PLUGIN="memory",
                ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"))
     done = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv), "site.yml", "--check",
-                           "-e", "ansible_become=false"],
+                           "-e", "ansible_become=false", *extra],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode != 0, f"site.yml passed:\n{output[-3000:]}"
@@ -101,3 +101,18 @@ def test_a_ray_refusal_stops_every_host(tmp_path: Path, change: dict, message: s
     output = site(tmp_path, data)
     assert message in output, output[-3000:]
     assert_stopped_in_the_preflight(output, {"a", "b", "c"})
+
+
+def test_a_ray_refusal_is_found_with_a_host_outside_ray_in_the_play(tmp_path: Path) -> None:
+    # The Ray inventory check runs once per run (run_once) inside the Ray
+    # include: a host of the preflight play that is no Ray host (w, an Optuna
+    # worker only) must not make it skip. The store's checks are left out
+    # (-e preflight_parts): they would stop first on this machine's addresses.
+    data = cluster(cluster_address="198.18.210.1")
+    data["all"]["hosts"] = {"w": {"cluster_address": "198.18.210.4"}, **data["all"]["hosts"]}
+    data["all"]["children"]["optuna_workers"]["hosts"] = {"w": None}
+    inv = tmp_path / "extra.json"
+    inv.write_text('{"preflight_parts": ["workers", "ray"]}')
+    output = site(tmp_path, data, "-e", f"@{inv}")
+    assert "b: cluster_address 198.18.210.1 is also the node IP of a" in output, output[-3000:]
+    assert_stopped_in_the_preflight(output, {"a", "b", "c", "w"})
