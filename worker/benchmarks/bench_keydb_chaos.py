@@ -47,7 +47,7 @@ def one(tmp: Path, guard: bool) -> dict:
         r = chaos_run(tmp, group, kills=3, guard=guard)
         r["seconds"] = round(time.monotonic() - t0, 1)
     except AssertionError as exc:  # a run that could not finish is a result too
-        r = {"error": str(exc)[:500]}
+        r = {"error": str(exc)[-3000:]}
     finally:
         for k in group:
             k.stop()

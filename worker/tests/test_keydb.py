@@ -135,12 +135,20 @@ def chaos_run(tmp_path: Path, group, kills: int = 3, n_trials: int = 400, guard:
     env = worker_env(evals, sleep=0.2, HPO_FAILOVER_WAIT="60")
     w1 = start_worker(spec, [a.endpoint, b.endpoint], env, host="h1", processes=3, log=tmp_path / "h1.log")
     w2 = start_worker(spec, [b.endpoint, a.endpoint], env, host="h2", processes=3, log=tmp_path / "h2.log")
+    def worker_logs() -> str:
+        return (tmp_path / "h1.log").read_text() + (tmp_path / "h2.log").read_text()
+
     failovers = []
     for i in range(kills):
         # some progress on the current writer first (a while after the previous restart)
         n0 = len(read_evals(evals, "end"))
-        wait_for(lambda n=n0: len(read_evals(evals, "end")) >= n + 25, 90, f"progress before kill {i + 1}")
-        assert w1.poll() is None and w2.poll() is None, "the study ended before the kills: raise n_trials"
+        try:
+            wait_for(lambda n=n0: len(read_evals(evals, "end")) >= n + 25 or None not in (w1.poll(), w2.poll()),
+                     90, f"progress before kill {i + 1}")
+        except AssertionError:
+            raise AssertionError(f"no progress before kill {i + 1}; worker logs:\n" + worker_logs()[-6000:]) from None
+        assert w1.poll() is None and w2.poll() is None, (
+            f"a worker exited before kill {i + 1} ({w1.poll()}, {w2.poll()}):\n" + worker_logs()[-6000:])
         victim = current_writer(group)
         survivor = b if victim is a else a
         before = survivor.client().get("hpo:writer")
@@ -154,8 +162,7 @@ def chaos_run(tmp_path: Path, group, kills: int = 3, n_trials: int = 400, guard:
         victim.start(guard=guard)
         wait_for(lambda: a.links_up() and b.links_up(), 30, "links up after the restart")
     rc1, rc2 = w1.wait(180), w2.wait(180)
-    logs = (tmp_path / "h1.log").read_text() + (tmp_path / "h2.log").read_text()
-    assert (rc1, rc2) == (0, 0), logs[-5000:]
+    assert (rc1, rc2) == (0, 0), worker_logs()[-5000:]
 
     # both masters end with one journal, one claims hash, one writer record
     def same() -> bool:
