@@ -86,7 +86,8 @@ def synthesize(client, studies: int, trials: int, seed: int = 7) -> None:
 def optuna_table(endpoint: str) -> tuple[dict, float]:
     """What the notes do: replay with Optuna, then group get_trials() by host."""
     import optuna
-    from hpo_worker.store import FencedJournalBackend, Store
+    from hpo_worker.backend import FencedJournalBackend
+    from hpo_worker.store import Store
     from optuna.storages import JournalStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -16,6 +16,7 @@ Optuna nor Redis, so the read-only commands start fast.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -84,6 +85,20 @@ def op_code(raw: str) -> int:
     return int(json.loads(raw)["op_code"])
 
 
+# The shapes Optuna's workers write most (json.dumps of its dicts, in its key order), matched
+# with one regex instead of json.loads; any other shape is decoded in full.
+_S = r'"(?:[^"\\]|\\.)*"'  # a JSON string
+_CREATE_TRIAL_RE = re.compile(r'\{"op_code": 4, "worker_id": (' + _S + r'), "study_id": (\d+), '
+                              r'"datetime_start": "([^"\\]*)"\}')
+_STATE_RE = re.compile(r'\{"op_code": 6, "worker_id": (' + _S + r'), "trial_id": (\d+), "state": (\d), '
+                       r'"values": (null|\[[^\]"]*\])(?:, "datetime_(start|complete)": "([^"\\]*)")?\}')
+_USER_ATTR_RE = re.compile(r'\{"op_code": 8, "worker_id": ' + _S + r', "trial_id": (\d+), "user_attr": \{"(hpo)?')
+
+
+def _string(quoted: str) -> str:
+    return quoted[1:-1] if "\\" not in quoted else json.loads(quoted)
+
+
 def _external(distribution: Any, internal: Any) -> Any:
     """Optuna's to_external_repr without importing Optuna: categorical index -> choice, ints."""
     d = json.loads(distribution) if isinstance(distribution, str) else distribution
@@ -138,12 +153,50 @@ class Replay:
         self._skip = frozenset(skip)
 
     def feed(self, raws: Iterable[str]) -> Replay:
+        """Replay raw entries; the common shapes of trial creation, state change and user
+        attr are matched without decoding the whole entry (4x cheaper than json.loads)."""
         loads, skip, apply = json.loads, self._skip, self.apply
+        create_re, state_re, attr_re = _CREATE_TRIAL_RE.fullmatch, _STATE_RE.fullmatch, _USER_ATTR_RE.match
         for raw in raws:
-            if op_code(raw) in skip:
+            op = op_code(raw)
+            if op in skip:
                 continue
+            if op == SET_TRIAL_STATE_VALUES:
+                m = state_re(raw)
+                if m is not None:
+                    wid, tid, st, vals, which, when = m.groups()
+                    e = {"op_code": op, "trial_id": int(tid), "state": int(st),
+                         "values": loads(vals) if self.want_values else None}
+                    if which:
+                        e["datetime_" + which] = when
+                    if e["state"] == RUNNING:
+                        e["worker_id"] = _string(wid)
+                    apply(e)
+                    continue
+            elif op == CREATE_TRIAL:
+                m = create_re(raw)
+                if m is not None:
+                    wid, sid, start = m.groups()
+                    self._new_trial(int(sid), RUNNING, start, None, _string(wid))
+                    continue
+            elif op == SET_TRIAL_USER_ATTR:
+                m = attr_re(raw)
+                if m is not None and m.group(2) is None:
+                    continue  # another user attr than hpo: nothing to keep
             apply(loads(raw))
         return self
+
+    def _new_trial(self, sid: int, state: int, start: str | None, complete: str | None,
+                   worker_id: str) -> Trial | None:
+        if sid >= len(self.study_names):
+            return None
+        tid = len(self.trials)
+        t = Trial(tid, self._per_study[sid], sid, state, start, complete)
+        self._per_study[sid] += 1
+        self.trials.append(t)
+        if state == RUNNING:
+            self.owner[tid] = worker_id
+        return t
 
     def apply(self, e: dict[str, Any]) -> None:
         op = e["op_code"]
@@ -154,16 +207,11 @@ class Replay:
                 self.study_names.append(name)
                 self._per_study.append(0)
         elif op == CREATE_TRIAL:
-            sid = e["study_id"]
-            if sid >= len(self.study_names):
-                return
-            tid = len(self.trials)
             state = e.get("state", RUNNING)
-            t = Trial(tid, self._per_study[sid], sid, state, e.get("datetime_start"), e.get("datetime_complete"))
-            self._per_study[sid] += 1
-            self.trials.append(t)
-            if state == RUNNING:
-                self.owner[tid] = e["worker_id"]
+            t = self._new_trial(e["study_id"], state, e.get("datetime_start"), e.get("datetime_complete"),
+                                e.get("worker_id", ""))
+            if t is None:
+                return
             h = (e.get("user_attrs") or {}).get("hpo")
             if isinstance(h, dict):
                 t.hpo = h

@@ -20,9 +20,10 @@ from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
 from . import journal
+from .backend import FencedJournalBackend
 from .objective import BadReturn, objective_values, short_repr, wants_trial
 from .spec import StudySpec
-from .store import FencedJournalBackend, NoWriter, Store, StoreAuthError, WriterLost, claim_json
+from .store import NoWriter, Store, StoreAuthError, WriterLost, claim_json
 
 log = logging.getLogger("hpo_worker")
 

@@ -30,16 +30,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from optuna.storages.journal import BaseJournalBackend
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from .journal import Replay
 
 log = logging.getLogger("hpo_worker.store")
 
@@ -551,69 +548,9 @@ class Store:
         return f"{self.ns}:claims:{study}"
 
 
-class FencedJournalBackend(BaseJournalBackend):
-    """Optuna journal backend on the writer master: a Redis list appended by a fenced Lua script.
-
-    Reading is one LRANGE per chunk (Optuna's own Redis backend does one GET per entry).
-    It also tracks, while reading, which worker id runs each RUNNING trial, so the
-    reaper can match trials to heartbeats without extra writes.
-    """
-
-    def __init__(self, store: Store, hb_ttl_ms: int, study: str) -> None:
-        self.store = store
-        self.study = study
-        self.key = store.journal_key(study)
-        self.hb_ttl_ms = hb_ttl_ms
-        self.generation = store.generation
-        self.my_worker_ids: set[str] = set()
-        self.replay = Replay()  # entries read so far, replayed once more for the reaper
-        self.trial_owner: dict[int, str] = self.replay.owner  # trial id -> worker id that runs it
-        self._tracked = 0
-        self._cache: tuple[int, list[str]] | None = None
-        store.journal_pos[self.key] = (0, "")  # a new view has read nothing yet
-
-    def _check_generation(self) -> None:
-        if self.store.generation != self.generation:
-            raise Fenced("the writer changed; this storage view belongs to the previous writer")
-
-    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
-        self._check_generation()
-        cached, self._cache = self._cache, None
-        if cached is not None and cached[0] == log_number_from:
-            # entries returned by our own append script: no round trip
-            yield from self._entries(log_number_from, cached[1])
-            return
-        w = self.store.writer
-        start = log_number_from
-        while True:
-            chunk = w.lrange(self.key, start, start + READ_CHUNK - 1)
-            yield from self._entries(start, chunk)
-            if len(chunk) < READ_CHUNK:
-                return
-            start += len(chunk)
-
-    def _entries(self, start: int, raws: list[str]) -> Iterator[dict[str, Any]]:
-        """Decode entries read at ``start``; note the owners of trials and how far we read."""
-        for i, raw in enumerate(raws):
-            entry = json.loads(raw)
-            if start + i >= self._tracked:
-                self.replay.apply(entry)
-                self._tracked = start + i + 1
-            yield entry
-        if raws and start + len(raws) >= self.store.journal_pos.get(self.key, (0, ""))[0]:
-            self.store.journal_pos[self.key] = (start + len(raws), raws[-1])
-
-    def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        self._check_generation()
-        worker_id = logs[0]["worker_id"] if logs else ""
-        self.my_worker_ids.add(worker_id)
-        read_from = self._tracked
-        res = self.store.append(self.study, worker_id, self.hb_ttl_ms, read_from, [json.dumps(x) for x in logs])
-        if len(res) > 1 and int(res[0]) == read_from + len(res) - 1:
-            self._cache = (read_from, res[1:])
-
-
 def iter_journal(client: redis.Redis, key: str, chunk: int = READ_CHUNK) -> Iterable[str]:
+    """Every raw entry of a journal, read with LRANGE in chunks. (Measured: a Lua script
+    joining a chunk into one reply is slower than LRANGE, 0.25 s vs 0.09 s for 48,000 entries.)"""
     start = 0
     while True:
         part = client.lrange(key, start, start + chunk - 1)
@@ -621,3 +558,14 @@ def iter_journal(client: redis.Redis, key: str, chunk: int = READ_CHUNK) -> Iter
         if len(part) < chunk:
             return
         start += len(part)
+
+
+def __getattr__(name: str) -> Any:
+    # FencedJournalBackend lives in hpo_worker.backend (it imports Optuna, which the
+    # read-only commands do not need); this alias keeps `from hpo_worker.store import
+    # FencedJournalBackend` working for the molecule verifiers.
+    if name == "FencedJournalBackend":
+        from .backend import FencedJournalBackend
+
+        return FencedJournalBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

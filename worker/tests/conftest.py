@@ -154,7 +154,8 @@ def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
 def load_trials(endpoint: str, study: str):
     """Trials as Optuna replays them from the writer's journal (a fresh reader)."""
     import optuna
-    from hpo_worker.store import FencedJournalBackend, Store
+    from hpo_worker.backend import FencedJournalBackend
+    from hpo_worker.store import Store
     from optuna.storages import JournalStorage
 
     store = Store([endpoint], password=PASSWORD)
