@@ -99,8 +99,8 @@ def test_journal_that_shrank_under_a_worker_is_refused(keydb_group):
     with pytest.raises(Fenced, match="journal"):
         backend.append_logs([entry])
     assert writer.llen("hpo:journal:s") == 3
-    # and an entry changed in place is refused too, though the length is right
-    writer.rpush("hpo:journal:s", json.dumps({**entry, "worker_id": "other"}), json.dumps(entry))
+    # and a journal whose length is right but whose last read entry changed is refused too
+    writer.rpush("hpo:journal:s", json.dumps(entry), json.dumps({**entry, "worker_id": "other"}))
     with pytest.raises(Fenced, match="journal"):
         backend.append_logs([entry])
     # a fresh view (what the worker builds after a Fenced) reads the journal as it is and writes again
