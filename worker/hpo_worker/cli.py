@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "duration and the trial count, fastest first; and how long the report took.")
     rep.add_argument("--study", help="only this study (default: every study in the store)")
 
+    tri = sub.add_parser("trials", parents=[common], help="every trial of the studies in the store, as JSON lines",
+                         description="One JSON object per line and per trial (studies by name, trials by number):"
+                                     " study, number, state, params, values, hpo (the worker's user attr),"
+                                     " datetime_start, datetime_complete (ISO 8601, UTC, as in the journal)."
+                                     " Read-only.")
+    tri.add_argument("--json", action="store_true", required=True, help="JSON lines (the only format)")
+    tri.add_argument("--study", help="only this study (default: every study in the store)")
+
     val = sub.add_parser("validate", parents=[common], help="check a study spec (and import its objective)",
                          description="Check SPEC; exit 2 naming the file and field when it is invalid. "
                                      "With --code-dir (or HPO_CODE_DIR) the objective is imported too.")
@@ -87,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     logging.getLogger("optuna").setLevel(logging.WARNING)
     try:
-        if args.command == "report":
-            return _report(args)  # reads the journal itself: no Optuna import (0.4 s)
+        if args.command in ("report", "trials"):
+            return _read(args)  # reads the journal itself: no Optuna import (0.4 s)
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -119,15 +127,20 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
+def _read(args: argparse.Namespace) -> int:
+    """report and trials: read-only (the election never promotes; nothing is written)."""
     import redis
 
-    from .report import render, run_report
+    from .report import render, run_report, trial_lines
     from .store import NoWriter, StoreAuthError
 
     store = _store(args)
     try:
         store.elect(wait=10, promote=False)
+        if args.command == "trials":
+            for line in trial_lines(store.writer, store, args.study):
+                sys.stdout.write(line + "\n")
+            return 0
         reports, elapsed = run_report(store.writer, store, args.study)
     except NoWriter as exc:
         print(f"hpo-worker: error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ guard) count as COMPLETE but not as evaluations.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .journal import COMPLETE, FAIL, PRUNED, RUNNING, WAITING, Replay
+from .journal import COMPLETE, FAIL, PRUNED, RUNNING, STATE_NAMES, WAITING, Replay
 
 
 @dataclass
@@ -95,14 +96,34 @@ def run_report(client: Any, store: Any, study: str | None = None) -> tuple[list[
     from .store import iter_journal
 
     t0 = time.perf_counter()
-    names = sorted(client.smembers(store.k_studies))
-    if study is not None:
-        if study not in names:
-            raise KeyError(study)
-        names = [study]
+    names = _study_names(client, store, study)
     reports: list[StudyReport] = []
     for name in names:
         for r in build(iter_journal(client, store.journal_key(name)), name):
             r.study_id = len(reports)
             reports.append(r)
     return reports, time.perf_counter() - t0
+
+
+def _study_names(client: Any, store: Any, study: str | None) -> list[str]:
+    names = sorted(client.smembers(store.k_studies))
+    if study is not None:
+        if study not in names:
+            raise KeyError(study)
+        names = [study]
+    return names
+
+
+def trial_lines(client: Any, store: Any, study: str | None = None) -> Iterable[str]:
+    """``hpo-worker trials --json``: one JSON object per trial, studies sorted by name."""
+    from .store import iter_journal
+
+    for name in _study_names(client, store, study):
+        replay = Replay(params=True).feed(iter_journal(client, store.journal_key(name)))
+        sid = replay.study_id(name)
+        for t in replay.trials:
+            if t.study != sid:
+                continue
+            yield json.dumps({"study": name, "number": t.number, "state": STATE_NAMES[t.state],
+                              "params": t.params or {}, "values": t.values, "hpo": t.hpo,
+                              "datetime_start": t.start, "datetime_complete": t.complete})
