@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,8 +31,19 @@ class FencedJournalBackend(BaseJournalBackend):
         self.replay = Replay()  # entries read so far, replayed once more for the reaper
         self.trial_owner: dict[int, str] = self.replay.owner  # trial id -> worker id that runs it
         self._tracked = 0
-        self._cache: tuple[int, list[str]] | None = None
+        # per thread: the entries its last append returned, for its next read (read-your-writes
+        # without a round trip; another thread's read must not stop at this thread's view)
+        self._local = threading.local()
         store.journal_pos[self.key] = (0, "")  # a new view has read nothing yet
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     def _check_generation(self) -> None:
         if self.store.generation != self.generation:
@@ -39,7 +51,7 @@ class FencedJournalBackend(BaseJournalBackend):
 
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         self._check_generation()
-        cached, self._cache = self._cache, None
+        cached, self._local.cache = getattr(self._local, "cache", None), None
         if cached is not None and cached[0] == log_number_from:
             # entries returned by our own append script: no round trip
             yield from self._entries(log_number_from, cached[1])
@@ -66,9 +78,12 @@ class FencedJournalBackend(BaseJournalBackend):
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         self._check_generation()
-        worker_id = logs[0]["worker_id"] if logs else ""
-        self.my_worker_ids.add(worker_id)
+        # Optuna's JournalStorage puts its worker id in every entry; other callers may not
+        worker_id = logs[0].get("worker_id", "") if logs else ""
+        if worker_id:
+            self.my_worker_ids.add(worker_id)
         read_from = self._tracked
-        res = self.store.append(self.study, worker_id, self.hb_ttl_ms, read_from, [json.dumps(x) for x in logs])
+        res = self.store.append(self.study, worker_id, self.hb_ttl_ms if worker_id else 0, read_from,
+                                [json.dumps(x) for x in logs])
         if len(res) > 1 and int(res[0]) == read_from + len(res) - 1:
-            self._cache = (read_from, res[1:])
+            self._local.cache = (read_from, res[1:])

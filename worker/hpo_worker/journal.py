@@ -221,7 +221,7 @@ class Replay:
         return t
 
     def apply(self, e: dict[str, Any]) -> None:
-        op = e["op_code"]
+        op = e.get("op_code")  # anything else (not a journal entry) is ignored
         if op == CREATE_STUDY:
             name = e["study_name"]
             if name not in self._study_ids:

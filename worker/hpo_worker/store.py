@@ -260,6 +260,28 @@ class Store:
         self.k_studies = f"{namespace}:studies"
         self.k_seq = f"{namespace}:seq"
 
+    # ------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a JournalStorage on this store can go to a process pool): the lock and
+        the connections stay behind; the copy reconnects to the same writer on first use."""
+        state = dict(self.__dict__)
+        state.update(_lock=None, _clients={}, writer=None, _state=(self.record, {}))
+        state["_writer_endpoint"] = self._writer_endpoint_now()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        endpoint = state.pop("_writer_endpoint", "")
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        if endpoint:
+            self._connect(endpoint)
+
+    def _writer_endpoint_now(self) -> str:
+        if self.writer is None:
+            return ""
+        kw = self.writer.connection_pool.connection_kwargs
+        return f"{kw['host']}:{kw['port']}"
+
     # ------------------------------------------------------------ connections
     def client(self, endpoint: str) -> redis.Redis:
         c = self._clients.get(endpoint)
@@ -433,21 +455,25 @@ class Store:
 
     def _adopt(self, endpoint: str, rec: str) -> None:
         if rec != self.record or self.writer is None:
-            writer = self.client(endpoint)
-            scripts = {name: writer.register_script(src) for name, src in
-                       (("append", APPEND), ("hb", HEARTBEAT), ("claim", CLAIM),
-                        ("update_claim", UPDATE_CLAIM), ("end", END_TRIAL))}
-            try:
-                info = writer.info("replication")
-                self.replicas = int(info.get("connected_slaves", 0))
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                self.replicas = 0
-            self.writer = writer
             self.record = rec
-            self._state = (rec, scripts)
+            self._connect(endpoint)
             self.adopted_at = time.monotonic()
             self.generation += 1
             log.info("writer: %s (replicas connected: %d)", rec or f"{endpoint} (read only)", self.replicas)
+
+    def _connect(self, endpoint: str) -> None:
+        """Client and scripts for the writer at ``endpoint`` under ``self.record`` (connects lazily)."""
+        writer = self.client(endpoint)
+        scripts = {name: writer.register_script(src) for name, src in
+                   (("append", APPEND), ("hb", HEARTBEAT), ("claim", CLAIM),
+                    ("update_claim", UPDATE_CLAIM), ("end", END_TRIAL))}
+        try:
+            info = writer.info("replication")
+            self.replicas = int(info.get("connected_slaves", 0))
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            self.replicas = 0
+        self.writer = writer
+        self._state = (self.record, scripts)
 
     @property
     def writer_endpoint(self) -> str:
