@@ -1,0 +1,103 @@
+"""Two versions of hpo-worker side by side: throughput and report time, interleaved.
+
+Each worker/ directory given is put on PYTHONPATH of the `hpo-worker` processes
+in turn (A, B, A, B, ...), on the same redis-server, so both see the same
+machine conditions. Measures:
+
+- trials/s with 1, 2, 4, 8 worker processes, empty objective (as bench_overhead.py);
+- `hpo-worker report` and `report --study study_3`, whole process and the time
+  it prints, on 8 studies x 8,000 trials (as bench_report.py).
+
+Prints medians and B/A ratios (time per trial, report time: < 1 is faster).
+
+    git worktree add /tmp/hpo-before <commit>
+    python benchmarks/bench_ab.py /tmp/hpo-before/worker ./ [--repeat 3] [--rounds 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from time import perf_counter
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from bench_overhead import SPACE, throughput  # noqa: E402
+from bench_report import synthesize  # noqa: E402
+from conftest import PASSWORD, RedisProc, load_trials, start_worker, worker_env, write_spec  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("a", help="worker/ directory of version A (before)")
+    ap.add_argument("b", help="worker/ directory of version B (after)")
+    ap.add_argument("--workers", default="1,2,4,8")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="report runs per version")
+    ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    trees = {"A": str(Path(a.a).resolve()), "B": str(Path(a.b).resolve())}
+    tmp = Path(tempfile.mkdtemp(prefix="hpo-bench-ab-"))
+    r = RedisProc(tmp, "redis").start()
+    out: dict = {"A": trees["A"], "B": trees["B"], "throughput": [], "report": {}}
+    n = iter(range(1_000_000))
+    try:
+        for w in ([] if a.skip_overhead else [int(x) for x in a.workers.split(",")]):
+            total = max(600, 100 * w)
+            runs: dict[str, list[float]] = {"A": [], "B": []}
+            for _ in range(a.repeat):
+                for k, path in trees.items():
+                    r.client().flushall()
+                    name = f"ab{next(n)}"
+                    spec = write_spec(tmp / f"{name}.yaml", name=name, sampler={"type": "random"}, space=SPACE,
+                                      budget={"n_trials": total}, objective="objectives:empty",
+                                      worker={"heartbeat_interval": 2.0, "heartbeat_ttl": 10.0})
+                    env = worker_env(tmp / "unused.jsonl", PYTHONPATH=path)
+                    p = start_worker(spec, [r.endpoint], env, processes=w, log=tmp / f"{name}.log")
+                    if p.wait(900) != 0:
+                        raise SystemExit(f"hpo-worker ({k}) failed; see {tmp}/{name}.log")
+                    runs[k].append(throughput(load_trials(r.endpoint, name))[1])
+            row = {"workers": w, "trials": total, **{f"{k}_trials_per_s": round(statistics.median(v), 1)
+                                                     for k, v in runs.items()},
+                   "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()}}
+            row["B_over_A_time_per_trial"] = round(row["A_trials_per_s"] / row["B_trials_per_s"], 3)
+            out["throughput"].append(row)
+            print(json.dumps(row), flush=True)
+
+        r.client().flushall()
+        synthesize(r.client(), 8, 8000)
+        times: dict[str, dict[str, list[float]]] = {k: {"all_cli": [], "all_printed": [], "one_cli": [],
+                                                        "one_printed": []} for k in trees}
+        for _ in range(a.rounds):
+            for k, path in trees.items():
+                env = dict(os.environ, PYTHONPATH=path, HPO_KEYDB_PASSWORD=PASSWORD, HPO_LOG_LEVEL="WARNING")
+                for kind, extra in (("all", []), ("one", ["--study", "study_3"])):
+                    t0 = perf_counter()
+                    p = subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--endpoints", r.endpoint,
+                                        *extra], env=env, capture_output=True, text=True, check=True)
+                    times[k][kind + "_cli"].append(perf_counter() - t0)
+                    times[k][kind + "_printed"].append(float(p.stdout.strip().splitlines()[-1].split()[2]))
+        for k, d in times.items():
+            out["report"][k] = {m: round(statistics.median(v), 3) for m, v in d.items()}
+        out["report"]["B_over_A"] = {m: round(out["report"]["B"][m] / out["report"]["A"][m], 2)
+                                     for m in out["report"]["A"]}
+        out["report"]["runs"] = {k: {m: [round(x, 3) for x in v] for m, v in d.items()} for k, d in times.items()}
+        out["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
+        print(json.dumps({k: v for k, v in out.items() if k != "throughput"}, indent=1))
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=2))
+    finally:
+        r.stop()
+
+
+if __name__ == "__main__":
+    main()
