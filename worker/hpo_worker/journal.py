@@ -56,8 +56,9 @@ def complete_entry(trial_id: int, values: list[float]) -> str:
                        "state": COMPLETE, "values": values, "datetime_complete": now_iso()})
 
 
-def requeue_entry(study_id: int, params: dict[str, Any], user_attrs: dict[str, Any]) -> str:
-    """A WAITING trial with fixed params: what Study.enqueue_trial writes."""
+def requeue_entry(study_id: int, params: dict[str, Any], requeued_from: int, reason: str) -> str:
+    """A WAITING trial with fixed params (what Study.enqueue_trial writes), saying which trial it replaces."""
+    user_attrs = {"hpo_requeued_from": requeued_from, "hpo_reason": reason}
     return json.dumps({"op_code": CREATE_TRIAL, "worker_id": REAPER_WORKER_ID, "study_id": study_id,
                        "datetime_start": None, "state": WAITING, "value": None,
                        "values": None, "distributions": {}, "params": {}, "user_attrs": user_attrs,

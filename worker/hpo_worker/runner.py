@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from . import journal
 from .backend import FencedJournalBackend
 from .objective import BadReturn, objective_values, short_repr, wants_trial
+from .reaper import Reaper
 from .spec import StudySpec
 from .store import NoWriter, Store, StoreAuthError, WriterLost, claim_json
 
@@ -78,7 +79,7 @@ class Worker:
         self._main_thread = threading.main_thread().ident
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
-        self._last_reap = 0.0
+        self.reaper = Reaper(spec, store, self.stop_event)
         self._fp_done: dict[int, tuple[bool, str]] = {}  # finished trial id -> (given up?, fingerprint)
         self._scan_from = 0
         self._points_ok: set[str] = set()
@@ -178,11 +179,11 @@ class Worker:
                 try:
                     # reap first: a dead worker's trial must not stay RUNNING because the
                     # budget was reached meanwhile
-                    self.reap_expired()
+                    self.reaper.reap(self.study, self.backend)
                     if timed_out:
                         log.info("budget: timeout %ss reached", self.spec.timeout)
                     if timed_out or self.budget_reached():
-                        self.reap_before_exit()
+                        self.reaper.before_exit(self.study, self.backend)
                         break
                     self.one_trial()
                     errors = 0
@@ -376,7 +377,8 @@ class Worker:
             inf.trial.set_user_attr("hpo", self._attrs(inf, point_failed=attempts, error=why[:300]))
         entries = [journal.fail_entry(inf.trial_id)]
         if not give_up:
-            entries.append(self._requeue_entry(inf.params, inf.number, f"attempt {attempts} failed"))
+            entries.append(journal.requeue_entry(self.study._study_id, inf.params, inf.number,
+                                                 f"attempt {attempts} failed"))
         self.store.end_trial(self.spec.name, inf.trial_id, inf.token, entries, inf.fingerprint, claim)
         self.inflight = None
 
@@ -384,96 +386,19 @@ class Worker:
         self.store.update_claim(self.spec.name, inf.fingerprint, inf.token, None)
 
     # ------------------------------------------------------------ ending trials by hand
-    def _requeue_entry(self, params: dict[str, Any], number: int, why: str) -> str:
-        return journal.requeue_entry(self.study._study_id, params, {"hpo_requeued_from": number, "hpo_reason": why})
-
     def end_and_requeue(self, inf: InFlight, why: str, trial_in_view: bool = True) -> None:
         """FAIL the trial (if it is in the current view), requeue its params, release its claim: atomically."""
         entries = []
         if trial_in_view:
             entries.append(journal.fail_entry(inf.trial_id))
         if len(inf.params) == len(self.spec.space):
-            entries.append(self._requeue_entry(inf.params, inf.number, why))
+            entries.append(journal.requeue_entry(self.study._study_id, inf.params, inf.number, why))
         fp = inf.fingerprint if inf.claimed else ""
         # a point that failed before keeps its count of failed attempts
         keep = claim_json(inf.token, "FAILED", inf.number, self.host, attempts=inf.attempts) if inf.attempts else None
         self.store.end_trial(self.spec.name, inf.trial_id, inf.token, entries, fp, keep)
         log.warning("trial %d ended (%s) and its params requeued", inf.number, why)
         self.inflight = None
-
-    def _others_running(self) -> list[tuple[Any, str]]:
-        backend = self.backend
-        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        cands = [(t, backend.trial_owner.get(t._trial_id)) for t in running]
-        return [(t, o) for t, o in cands if o is not None and o not in backend.my_worker_ids]
-
-    def _hb_ttls(self, owners: list[str]) -> list[int]:
-        """Remaining ms of each owner's heartbeat key (negative: the key is gone)."""
-        pipe = self.store.writer.pipeline(transaction=False)
-        for owner in owners:
-            pipe.pttl(self.store.hb_key(owner))
-        return [int(x) for x in pipe.execute()]
-
-    def _expired(self) -> list[tuple[Any, str]]:
-        """RUNNING trials of other workers whose heartbeat key is gone."""
-        cands = self._others_running()
-        if not cands:
-            return []
-        ttls = self._hb_ttls([o for _, o in cands])
-        return [c for c, ttl in zip(cands, ttls) if ttl < 0]
-
-    def reap_before_exit(self) -> None:
-        """The budget is reached: before exiting, settle the RUNNING trials of other workers.
-
-        A trial whose owner's heartbeat is refreshed belongs to a live worker, which finishes
-        it. One whose heartbeat expires (or is gone) is reaped here. Reaping pauses for
-        heartbeat_ttl after connecting, and a worker that died just now keeps its key for up
-        to heartbeat_ttl, so this waits at most heartbeat_ttl + 2 x heartbeat_interval."""
-        deadline = time.monotonic() + self.spec.heartbeat_ttl + 2 * self.spec.heartbeat_interval
-        last: dict[str, int] = {}
-        alive: set[str] = set()
-        while not self.stop_event.is_set():
-            cands = self._others_running()
-            owners = sorted({o for _, o in cands} - alive)
-            if not owners:
-                return
-            if time.monotonic() > deadline:
-                log.warning("budget reached; %d RUNNING trial(s) of other workers left to the next worker's"
-                            " reaper", len(cands))
-                return
-            for owner, ttl in zip(owners, self._hb_ttls(owners)):
-                if ttl >= 0 and owner in last and ttl > last[owner]:
-                    alive.add(owner)  # its heartbeat was refreshed: a live worker
-                last[owner] = ttl
-            if any(ttl < 0 for o, ttl in last.items() if o in owners):
-                self._last_reap = 0.0
-                if self.reap_expired():
-                    continue
-            self.stop_event.wait(min(self.spec.heartbeat_interval, 0.5) / 2)
-
-    def reap_expired(self) -> int:
-        now = time.monotonic()
-        if now - self._last_reap < self.spec.heartbeat_interval:
-            return 0
-        self._last_reap = now
-        if now - self.store.adopted_at < self.spec.heartbeat_ttl:
-            return 0  # heartbeats may not have reached a just-promoted master yet
-        reaped = 0
-        for t, owner in self._expired():
-            attrs = t.user_attrs.get("hpo", {})
-            params = t.system_attrs.get("fixed_params") or t.params
-            entries = [journal.fail_entry(t._trial_id)]
-            fp = ""
-            if len(params) == len(self.spec.space):
-                entries.append(self._requeue_entry(params, t.number, "heartbeat expired"))
-                fp = self.spec.fingerprint(params)
-            done = self.store.end_trial(self.spec.name, t._trial_id, f"{owner}/{t._trial_id}", entries, fp,
-                                        unless_alive=owner)
-            if done:
-                reaped += 1
-                log.warning("reaped trial %d of %s (heartbeat expired): FAIL, params requeued",
-                            t.number, attrs.get("host", "?"))
-        return reaped
 
     # ------------------------------------------------------------ failover
     def recover(self, exc: BaseException) -> None:
