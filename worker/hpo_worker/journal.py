@@ -117,7 +117,8 @@ def _external(distribution: Any, internal: Any) -> Any:
 class Trial:
     """What the replay keeps of one trial (params only when asked for)."""
 
-    __slots__ = ("trial_id", "number", "study", "state", "start", "complete", "hpo", "values", "params")
+    __slots__ = ("trial_id", "number", "study", "state", "start", "complete", "hpo", "values", "params",
+                 "requeued_from", "requeue_reason")
 
     def __init__(self, trial_id: int, number: int, study: int, state: int, start: str | None,
                  complete: str | None) -> None:
@@ -130,6 +131,8 @@ class Trial:
         self.hpo: dict[str, Any] | None = None
         self.values: list[float] | None = None
         self.params: dict[str, Any] | None = None
+        self.requeued_from: int | None = None  # a requeue (requeue_entry): the trial it replaces, and why
+        self.requeue_reason: str | None = None
 
 
 class Replay:
@@ -235,9 +238,12 @@ class Replay:
                                 e.get("worker_id", ""))
             if t is None:
                 return
-            h = (e.get("user_attrs") or {}).get("hpo")
+            attrs = e.get("user_attrs") or {}
+            h = attrs.get("hpo")
             if isinstance(h, dict):
                 t.hpo = h
+            if "hpo_requeued_from" in attrs:
+                t.requeued_from, t.requeue_reason = attrs["hpo_requeued_from"], attrs.get("hpo_reason")
             if self.want_values:
                 v = e.get("values")
                 t.values = v if v is not None else ([e["value"]] if e.get("value") is not None else None)

@@ -126,4 +126,5 @@ def trial_lines(client: Any, store: Any, study: str | None = None) -> Iterable[s
                 continue
             yield json.dumps({"study": name, "number": t.number, "state": STATE_NAMES[t.state],
                               "params": t.params or {}, "values": t.values, "hpo": t.hpo,
+                              "requeued_from": t.requeued_from, "requeue_reason": t.requeue_reason,
                               "datetime_start": t.start, "datetime_complete": t.complete})

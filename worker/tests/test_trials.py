@@ -27,8 +27,10 @@ def test_trials_json_matches_optuna_replay(servers, tmp_path):
              "f": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.5},
              "c": {"type": "categorical", "choices": ["a", "b"]}}
     env = worker_env(tmp_path / "e.jsonl")
-    for name, n in (("beta", 30), ("alpha", 5)):
-        spec = write_spec(tmp_path / f"{name}.yaml", name=name, space=space, budget={"n_trials": n})
+    # beta: NaN at x == 2, inf at x == 3: FAIL trials, requeued (WAITING) then given up
+    for name, n, objective in (("beta", 30, "bad_objectives:nonfinite"), ("alpha", 5, "objectives:record")):
+        spec = write_spec(tmp_path / f"{name}.yaml", name=name, space=space, budget={"n_trials": n},
+                          objective=objective)
         p = start_worker(spec, [r.endpoint], env, processes=2, log=tmp_path / "w.log")
         assert p.wait(120) == 0, (tmp_path / "w.log").read_text()[-3000:]
 
@@ -58,9 +60,12 @@ def test_trials_json_matches_optuna_replay(servers, tmp_path):
         assert mine["params"] == want_params, (mine, t)
         assert mine["values"] == t.values
         assert mine["hpo"] == t.user_attrs.get("hpo")
+        assert mine["requeued_from"] == t.user_attrs.get("hpo_requeued_from")
+        assert mine["requeue_reason"] == t.user_attrs.get("hpo_reason")
         assert _local(mine["datetime_start"]) == t.datetime_start
         assert _local(mine["datetime_complete"]) == t.datetime_complete
-    assert {"COMPLETE", "WAITING"} <= states, states
+    assert {"COMPLETE", "WAITING", "FAIL"} <= states, states
+    assert any(t["requeued_from"] is not None and t["requeue_reason"] for t in got)
     assert any("reused_from" in (t["hpo"] or {}) for t in got)
 
     # every study, sorted by name
@@ -77,7 +82,8 @@ def test_trials_json_matches_optuna_replay(servers, tmp_path):
     fast, slow = Replay(params=True).feed(raws), Replay(params=True)
     for raw in raws:
         slow.apply(json.loads(raw))
-    fields = ("trial_id", "number", "study", "state", "start", "complete", "hpo", "values", "params")
+    fields = ("trial_id", "number", "study", "state", "start", "complete", "hpo", "values", "params",
+              "requeued_from", "requeue_reason")
     rows = [[[getattr(t, f) for f in fields] for t in replay.trials] for replay in (fast, slow)]
     assert rows[0] == rows[1]
     assert fast.owner == slow.owner
