@@ -1,0 +1,278 @@
+"""Verifier of the cluster-keydb scenario: a study on real KeyDB through faults.
+
+Everything acts on the real cluster site.yml converged: KeyDB 6.3.4 from its
+own packages on two nodes (active multi-master replicas, rejoin guard in
+ExecStartPre), hpo-worker@chaos on three nodes (2 processes each). In the
+middle of the study the verifier
+1. kills the writer master's keydb-server with SIGKILL (systemd restarts it;
+   the rejoin guard moves its data aside and it resyncs from the survivor),
+2. powers off the node of the next writer master (its workers stop with it)
+   and boots it again (bin/testbed up), starting its worker again (the unit
+   is left stopped by this scenario's converge so the verifier starts it),
+then waits for the study to finish and checks: no result lost (every value
+the objective logged is COMPLETE in the store), no params evaluated twice,
+no trial RUNNING, both masters' journals and claims identical, one writer
+record. Figures go to .cache/cluster-keydb-figures.json.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+RUNNER = AnsibleRunner(INVENTORY)
+NODES = sorted(RUNNER.get_hosts("optuna_workers"))
+MASTERS = sorted(RUNNER.get_hosts("keydb"))
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."))
+CLUSTER = os.environ.get("MOLECULE_SCENARIO_NAME", "cluster-keydb")
+FIGURES = PROJECT / ".cache" / "cluster-keydb-figures.json"
+VENV = "/opt/hpo-worker/venv"
+ENV_FILE = "/etc/hpo-worker/keydb.env"
+STUDY = "chaos"
+N_TRIALS = 800
+EVALS = "/var/lib/hpo-worker/evals.jsonl"  # the objective's log (its working directory)
+
+# Each master's view: writer record, journal and claims digests.
+MASTERS_STATE = r"""
+import hashlib, json, os
+import redis
+out = {}
+for ep in os.environ["HPO_KEYDB_ENDPOINTS"].split(","):
+    host, _, port = ep.rpartition(":")
+    try:
+        c = redis.Redis(host=host, port=int(port), password=os.environ["HPO_KEYDB_PASSWORD"],
+                        decode_responses=True, socket_timeout=5, socket_connect_timeout=2)
+        journal = c.lrange("hpo:journal:chaos", 0, -1)
+        claims = sorted(c.hgetall("hpo:claims:chaos").items())
+        info = c.info("replication")
+        out[ep] = {"writer": c.get("hpo:writer"), "journal": len(journal),
+                   "journal_sha": hashlib.sha256("\n".join(journal).encode()).hexdigest(),
+                   "claims_sha": hashlib.sha256(json.dumps(claims).encode()).hexdigest(),
+                   "links_up": all(v == "up" for k, v in info.items() if k.endswith("link_status"))}
+    except Exception as exc:
+        out[ep] = {"error": repr(exc)}
+print(json.dumps(out))
+"""
+
+# A fresh start: every key of the study's namespace deleted on every master (the
+# verifier can run again on a converged cluster: molecule verify -s cluster-keydb).
+RESET = r"""
+import json, os
+import redis
+for ep in os.environ["HPO_KEYDB_ENDPOINTS"].split(","):
+    host, _, port = ep.rpartition(":")
+    c = redis.Redis(host=host, port=int(port), password=os.environ["HPO_KEYDB_PASSWORD"])
+    keys = list(c.scan_iter("hpo:*"))
+    if keys:
+        c.delete(*keys)
+print(json.dumps("ok"))
+"""
+
+# Every trial of the study, read through the worker's own store code (read-only election).
+TRIALS = r"""
+import json, os
+import optuna
+from optuna.storages import JournalStorage
+from hpo_worker.store import FencedJournalBackend, Store, parse_endpoints
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+store = Store(parse_endpoints(os.environ["HPO_KEYDB_ENDPOINTS"]), password=os.environ["HPO_KEYDB_PASSWORD"])
+store.elect(wait=30, promote=False)
+try:
+    study = optuna.load_study(study_name="chaos", storage=JournalStorage(FencedJournalBackend(store, 0, "chaos")))
+except KeyError:  # no worker has created the study yet
+    print("[]")
+    raise SystemExit(0)
+print(json.dumps([{"state": t.state.name, "params": t.params, "value": t.value,
+                   "hpo": t.user_attrs.get("hpo")} for t in study.get_trials(deepcopy=False)]))
+"""
+
+
+def node(name: str):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+def address(name: str) -> str:
+    return RUNNER.get_variables(name)["cluster_address"]
+
+
+def on_store(name: str, script: str):
+    """Run a Python script on a node with the workers' store settings; parse its JSON output."""
+    cmd = f"set -a; . {ENV_FILE}; set +a; {VENV}/bin/python -c {shlex.quote(script)}"
+    result = node(name).run(f"bash -c {shlex.quote(cmd)}")
+    assert result.rc == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def up_node() -> str:
+    """A worker node that is up (not the one powered off)."""
+    for name in NODES:
+        try:
+            if node(name).run("true").rc == 0:
+                return name
+        except RuntimeError:  # ssh could not connect: the node is down
+            continue
+    raise AssertionError("no node answers")
+
+
+def masters_state() -> dict:
+    return on_store(up_node(), MASTERS_STATE)
+
+
+def trials() -> list[dict]:
+    return on_store(up_node(), TRIALS)
+
+
+def complete() -> int:
+    return sum(1 for t in trials() if t["state"] == "COMPLETE")
+
+
+def writer_host() -> tuple[str, str]:
+    """(inventory name of the writer master, its record), read from the masters that answer."""
+    records = [s["writer"] for s in masters_state().values() if s.get("writer")]
+    rec = max(records, key=lambda r: int(r.split()[0]))
+    ep = rec.split()[1]
+    return next(n for n in MASTERS if ep.startswith(address(n) + ":")), rec
+
+
+def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def new_record_on_survivor(old: str):
+    """The record of a master that answers, once it names another writer with a higher epoch."""
+    def probe():
+        for s in masters_state().values():
+            rec = s.get("writer")
+            if rec and int(rec.split()[0]) > int(old.split()[0]):
+                return rec
+        return None
+    return probe
+
+
+def links_up() -> bool:
+    state = masters_state()
+    return len(state) == len(MASTERS) and all(s.get("links_up") for s in state.values())
+
+
+def record(**figures) -> None:
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    data.update(figures)
+    FIGURES.write_text(json.dumps(data, indent=2) + "\n")
+    print("figures:", figures)
+
+
+def all_finished() -> bool:
+    """Every node's worker exited (budget reached): the unit stays active (exited)."""
+    return all(node(n).run(f"systemctl show -p SubState --value hpo-worker@{STUDY}.service").stdout.strip()
+               == "exited" for n in NODES)
+
+
+def boot_all() -> None:
+    """Boot every node that is not running (bin/testbed up is idempotent)."""
+    boot = subprocess.run([str(PROJECT / "bin" / "testbed"), "--cluster", CLUSTER, "up", *sorted(NODES)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert boot.returncode == 0, boot.stderr[-3000:]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def every_node_up():
+    """A node an earlier run of this verifier powered off is booted first."""
+    boot_all()
+    wait_for("the store's links up", links_up, timeout=120, interval=1)
+
+
+def test_keydb_masters_are_real_keydb() -> None:
+    for name in MASTERS:
+        out = node(name).check_output("keydb-server --version")
+        assert "v=6.3.4" in out, out
+    assert links_up(), masters_state()
+
+
+def test_study_survives_writer_kill_and_node_power_off() -> None:
+    for name in NODES:
+        node(name).check_output(f"systemctl stop hpo-worker@{STUDY}.service")
+        node(name).run(f"rm -f {EVALS}")
+    on_store(NODES[0], RESET)
+    for name in NODES:
+        node(name).check_output(f"systemctl start hpo-worker@{STUDY}.service")
+    wait_for("40 COMPLETE trials", lambda: complete() >= 40, timeout=300, interval=2)
+
+    # 1. SIGKILL of the writer's keydb-server; systemd restarts it at once, through the
+    # rejoin guard. The workers either promote the survivor or, if the restarted master
+    # already resynced and holds the record again, keep it: both are one writer.
+    victim, rec = writer_host()
+    n = complete()
+    t0 = time.monotonic()
+    node(victim).check_output("pkill -9 -x keydb-server")
+    wait_for("progress after the kill", lambda: complete() > n, timeout=120, interval=0.5)
+    failover_kill = time.monotonic() - t0
+    wait_for("the killed master back with its links up", links_up, timeout=120, interval=1)
+    new = writer_host()[1]
+    stale = node(victim).check_output("ls /var/lib/keydb/stale")
+    assert stale.strip(), "the rejoin guard moved the old data aside"
+    n = complete()
+    wait_for("progress after the kill", lambda: complete() >= n + 40, timeout=300, interval=2)
+
+    # 2. the next writer's whole node powered off, then booted again
+    assert not all_finished(), "the study ended before the power-off: raise n_trials"
+    victim2, rec2 = writer_host()
+    t0 = time.monotonic()
+    # (a timer, so that the SSH command returns before the node goes down)
+    node(victim2).check_output("systemd-run --on-active=1s /bin/systemctl poweroff")
+    new2 = wait_for("a new writer after the power-off", new_record_on_survivor(rec2), timeout=120, interval=0.5)
+    n = complete()
+    wait_for("progress without the node", lambda: complete() > n, timeout=120, interval=0.5)
+    failover_node = time.monotonic() - t0
+    wait_for("more progress without the node", lambda: complete() >= n + 40, timeout=300, interval=2)
+    boot_all()
+    wait_for("keydb-server active on the booted node",
+             lambda: node(victim2).run("systemctl is-active keydb-server").stdout.strip() == "active", 120)
+    wait_for("links up after the boot", links_up, timeout=120, interval=1)
+    node(victim2).check_output(f"systemctl start hpo-worker@{STUDY}.service")
+
+    # the study runs to its budget on every node
+    wait_for("every worker to reach the budget and exit", all_finished, timeout=900, interval=3)
+    for name in NODES:
+        status = node(name).check_output(f"systemctl show -p ExecMainStatus --value hpo-worker@{STUDY}.service")
+        assert status.strip() == "0", (name, status)
+
+    wait_for("identical journals on both masters", lambda: len({
+        (s.get("writer"), s.get("journal_sha"), s.get("claims_sha")) for s in masters_state().values()}) == 1,
+        timeout=30)
+    state = masters_state()
+    all_trials = trials()
+    states = collections.Counter(t["state"] for t in all_trials)
+    stored = {json.dumps(t["params"], sort_keys=True): t["value"] for t in all_trials if t["state"] == "COMPLETE"}
+    evals = [json.loads(line) for name in NODES
+             for line in node(name).file(EVALS).content_string.splitlines() if line.strip()]
+    per_point = collections.Counter(json.dumps(e["params"], sort_keys=True) for e in evals)
+    lost = [p for p in per_point if p not in stored]
+    twice = [p for p, k in per_point.items() if k > 1]
+    wrong = [p for p, v in stored.items() if v != float(sum(json.loads(p).values()))]
+    record(progress_after_kill_s=round(failover_kill, 2), progress_after_power_off_s=round(failover_node, 2),
+           writer_records=[rec, new, rec2, new2], final_writer=next(iter(state.values()))["writer"],
+           trials=dict(states), evaluations=len(evals), lost=len(lost), evaluated_twice=len(twice),
+           wrong_values=len(wrong), journal_entries=next(iter(state.values()))["journal"])
+    assert states["RUNNING"] == 0, states
+    assert states["COMPLETE"] >= N_TRIALS, states
+    assert not lost, f"{len(lost)} evaluated params have no COMPLETE trial: {lost[:5]}"
+    assert not twice, f"{len(twice)} params evaluated twice: {twice[:5]}"
+    assert not wrong, f"{len(wrong)} COMPLETE values belong to other params: {wrong[:5]}"
