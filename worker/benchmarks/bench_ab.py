@@ -47,6 +47,7 @@ def main() -> None:
     a = ap.parse_args()
     trees = {"A": str(Path(a.a).resolve()), "B": str(Path(a.b).resolve())}
     tmp = Path(tempfile.mkdtemp(prefix="hpo-bench-ab-"))
+    os.chdir(tmp)  # `python -m hpo_worker` puts the working directory first on sys.path, before PYTHONPATH
     r = RedisProc(tmp, "redis").start()
     out: dict = {"A": trees["A"], "B": trees["B"], "throughput": [], "report": {}}
     n = iter(range(1_000_000))
