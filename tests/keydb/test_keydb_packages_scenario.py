@@ -26,7 +26,7 @@ pytestmark = pytest.mark.testbed
 
 # Where the packages are looked for when HPO_KEYDB_DEBS is not set (bin/test
 # exports it from the same list).
-DEFAULT_DIRS = [REPO.parent / "shared" / "keydb-debs", Path("/work/shared/keydb-debs")]
+DEFAULT_DIRS = list(dict.fromkeys([REPO.parent / "shared" / "keydb-debs", Path("/work/shared/keydb-debs")]))
 
 SKIP_REASON = (
     "no KeyDB packages: HPO_KEYDB_DEBS is not set and neither "

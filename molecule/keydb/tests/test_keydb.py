@@ -266,6 +266,22 @@ def test_failover_drill_promoted_replica_is_not_demoted_by_a_rerun() -> None:
         assert count_keys(name, f"before-join:{INITIAL[0]}:*") == KEYS_PER_WRITER, name
 
 
+@pytest.mark.skipif(ENGINE != "keydb", reason="checks the layout of KeyDB's own packages")
+def test_paths_user_and_permissions_are_the_packages(host) -> None:
+    """As keydb-tools' postinst lays them out (../shared/keydb-debs/README.md):
+    data keydb:keydb 0750, log keydb:adm 2750; the role's config root:keydb
+    0640; the server runs as keydb under the packaged unit (forked, pidfile)."""
+    data, log = host.file("/var/lib/keydb"), host.file("/var/log/keydb")
+    assert (data.user, data.group, data.mode) == ("keydb", "keydb", 0o750)
+    assert (log.user, log.group, log.mode) == ("keydb", "adm", 0o2750)
+    conf = host.file("/etc/keydb/keydb.conf")
+    assert (conf.user, conf.group, conf.mode) == ("root", "keydb", 0o640)
+    assert host.file("/var/log/keydb/keydb-server.log").user == "keydb"
+    pid = host.file("/var/run/keydb/keydb-server.pid").content_string.strip()
+    assert host.run(f"ps -o user= -p {pid}").stdout.strip() == "keydb"
+    assert host.run("systemctl show keydb-server -p MainPID --value").stdout.strip() == pid
+
+
 GUARD = "/usr/local/libexec/hpo/keydb-rejoin-guard"
 GUARD_ENV = "/etc/keydb/hpo-rejoin-guard.env"
 
