@@ -12,32 +12,30 @@ middle of the study the verifier
 then waits for the study to finish and checks: no result lost (every value
 the objective logged is COMPLETE in the store), no params evaluated twice,
 no trial RUNNING, both masters' journals and claims identical, one writer
-record. Figures go to .cache/cluster-keydb-figures.json.
+record. Figures go to .cache/cluster-keydb-figures.json. Trials are read with
+`hpo-worker trials --json` (molecule/_shared/verify_helpers.py).
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import os
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-import testinfra
-from testinfra.utils.ansible_runner import AnsibleRunner
 
-INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
-RUNNER = AnsibleRunner(INVENTORY)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
+from verify_helpers import PROJECT, RUNNER, VENV, node, recorder, wait_for, with_store_env  # noqa: E402
+from verify_helpers import trials as study_trials  # noqa: E402
+
 NODES = sorted(RUNNER.get_hosts("optuna_workers"))
 MASTERS = sorted(RUNNER.get_hosts("keydb"))
-PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."))
-CLUSTER = os.environ.get("MOLECULE_SCENARIO_NAME", "cluster-keydb")
-FIGURES = PROJECT / ".cache" / "cluster-keydb-figures.json"
-VENV = "/opt/hpo-worker/venv"
-ENV_FILE = "/etc/hpo-worker/keydb.env"
+CLUSTER = "cluster-keydb"
+record = recorder("cluster-keydb-figures.json")
 STUDY = "chaos"
 N_TRIALS = 800
 EVALS = "/var/lib/hpo-worker/evals.jsonl"  # the objective's log (its working directory)
@@ -78,27 +76,6 @@ for ep in os.environ["HPO_KEYDB_ENDPOINTS"].split(","):
 print(json.dumps("ok"))
 """
 
-# Every trial of the study, read through the worker's own store code (read-only election).
-TRIALS = r"""
-import json, os
-import optuna
-from optuna.storages import JournalStorage
-from hpo_worker.store import FencedJournalBackend, Store, parse_endpoints
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-store = Store(parse_endpoints(os.environ["HPO_KEYDB_ENDPOINTS"]), password=os.environ["HPO_KEYDB_PASSWORD"])
-store.elect(wait=30, promote=False)
-try:
-    study = optuna.load_study(study_name="chaos", storage=JournalStorage(FencedJournalBackend(store, 0, "chaos")))
-except KeyError:  # no worker has created the study yet
-    print("[]")
-    raise SystemExit(0)
-print(json.dumps([{"state": t.state.name, "params": t.params, "value": t.value,
-                   "hpo": t.user_attrs.get("hpo")} for t in study.get_trials(deepcopy=False)]))
-"""
-
-
-def node(name: str):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
 
 def address(name: str) -> str:
@@ -107,8 +84,7 @@ def address(name: str) -> str:
 
 def on_store(name: str, script: str):
     """Run a Python script on a node with the workers' store settings; parse its JSON output."""
-    cmd = f"set -a; . {ENV_FILE}; set +a; {VENV}/bin/python -c {shlex.quote(script)}"
-    result = node(name).run(f"bash -c {shlex.quote(cmd)}")
+    result = node(name).run(with_store_env(f"{VENV}/bin/python -c {shlex.quote(script)}"))
     assert result.rc == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -129,7 +105,7 @@ def masters_state() -> dict:
 
 
 def trials() -> list[dict]:
-    return on_store(up_node(), TRIALS)
+    return study_trials(up_node(), STUDY)
 
 
 def complete() -> int:
@@ -142,17 +118,6 @@ def writer_host() -> tuple[str, str]:
     rec = max(records, key=lambda r: int(r.split()[0]))
     ep = rec.split()[1]
     return next(n for n in MASTERS if ep.startswith(address(n) + ":")), rec
-
-
-def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def new_record_on_survivor(old: str):
@@ -169,14 +134,6 @@ def new_record_on_survivor(old: str):
 def links_up() -> bool:
     state = masters_state()
     return len(state) == len(MASTERS) and all(s.get("links_up") for s in state.values())
-
-
-def record(**figures) -> None:
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    data.update(figures)
-    FIGURES.write_text(json.dumps(data, indent=2) + "\n")
-    print("figures:", figures)
 
 
 def all_finished() -> bool:

@@ -2,8 +2,8 @@
 
 Everything here acts on the real cluster that site.yml converged: real
 systemd units, real worker processes, the real store (redis-server primary
-+ replica standing in for KeyDB), read back through the worker's own store
-code. The tests run in file order: the stop test leaves cluster-2's worker
++ replica standing in for KeyDB), read back with the worker's public
+read-only `hpo-worker trials --json` (helpers: molecule/_shared/verify_helpers.py). The tests run in file order: the stop test leaves cluster-2's worker
 running again before the kill test starts.
 
 Figures (stop time, trials left RUNNING, reaping time) are printed and
@@ -12,24 +12,18 @@ written to .cache/cluster-figures.json in the project directory.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shlex
+import sys
 import time
 from pathlib import Path
 
-import pytest
-import testinfra
-from testinfra.utils.ansible_runner import AnsibleRunner
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
+from verify_helpers import RUNNER, VENV, node, recorder, wait_for, with_store_env  # noqa: E402
+from verify_helpers import trials as study_trials  # noqa: E402
 
-INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
-RUNNER = AnsibleRunner(INVENTORY)
 NODES = sorted(RUNNER.get_hosts("optuna_workers"))
-FIGURES = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / ".cache" / "cluster-figures.json"
+record = recorder("cluster-figures.json")
 
-VENV = "/opt/hpo-worker/venv"
-ENV_FILE = "/etc/hpo-worker/keydb.env"
 SLOW = "slow"
 DIGITS = "digits-svc"
 # slow study: heartbeat_ttl 5 s, heartbeat_interval 1 s, each trial sleeps 4 s.
@@ -37,44 +31,9 @@ DIGITS = "digits-svc"
 # once the heartbeat key expired: ttl + interval + one trial in flight there.
 REAP_GRACE = 5 + 1 + 4
 
-# Reads every trial of a study through the worker's own store code (the same
-# writer election as the workers, read-only), printed as JSON.
-DUMP = r"""
-import json, os, sys
-import optuna
-from optuna.storages import JournalStorage
-from hpo_worker.store import FencedJournalBackend, Store, parse_endpoints
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-store = Store(parse_endpoints(os.environ["HPO_KEYDB_ENDPOINTS"]), password=os.environ["HPO_KEYDB_PASSWORD"])
-store.elect(wait=10)
-name = sys.argv[1]
-# The worker keeps one journal per study (FencedJournalBackend(store, hb_ttl_ms, study)).
-backend = FencedJournalBackend(store, 0, name)
-study = optuna.load_study(study_name=name, storage=JournalStorage(backend))
-out = []
-for t in study.get_trials(deepcopy=False):
-    hpo = t.user_attrs.get("hpo") if isinstance(t.user_attrs.get("hpo"), dict) else {}
-    out.append({"number": t.number, "state": t.state.name, "host": hpo.get("host"), "pid": hpo.get("pid"),
-                "requeued_from": t.user_attrs.get("hpo_requeued_from"), "reason": t.user_attrs.get("hpo_reason")})
-print(json.dumps(out))
-"""
-
-
-def node(name: str):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
-
-
-def with_store_env(command: str) -> str:
-    """Run COMMAND (as root) with the workers' store settings from their root-only file."""
-    return f"bash -c {shlex.quote(f'set -a; . {ENV_FILE}; set +a; {command}')}"
-
 
 def trials(study: str) -> list[dict]:
-    host = node(NODES[0])
-    script = shlex.quote(DUMP)
-    result = host.run(with_store_env(f"{VENV}/bin/python -c {script} {study}"))
-    assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)
+    return study_trials(NODES[0], study)
 
 
 def report(study: str) -> str:
@@ -94,25 +53,6 @@ def unit(host, study: str) -> dict[str, str]:
         "ExecMainStatus,MainPID,NRestarts,TimeoutStopUSec"
     )
     return dict(line.split("=", 1) for line in out.splitlines())
-
-
-def record(**figures) -> None:
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    data.update(figures)
-    FIGURES.write_text(json.dumps(data, indent=2) + "\n")
-    print("figures:", figures)
-
-
-def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def running_trial_of(host_name: str) -> dict | None:
@@ -176,7 +116,7 @@ def test_systemctl_stop_ends_the_trial_cleanly() -> None:
     after = [t for t in trials(SLOW) if t["host"] == name and t["number"] >= in_flight["number"]]
     every = trials(SLOW)
     left_running = [t for t in after if t["state"] == "RUNNING"]
-    requeued_from = {t["requeued_from"]: t["reason"] for t in every if t["requeued_from"] is not None}
+    requeued_from = {t["requeued_from"]: t["requeue_reason"] for t in every if t["requeued_from"] is not None}
     ended = [t for t in after if t["state"] == "FAIL"]
     record(stop_seconds=round(stop_seconds, 2), running_after_stop=len(left_running),
            timeout_stop=timeout_stop)
@@ -210,7 +150,7 @@ def test_kill_9_trial_is_reaped_and_requeued() -> None:
     victim, *again = wait_for(f"the trial of killed pid {pid} to be reaped", reaped, timeout=120, interval=0.5)
     reap_seconds = time.monotonic() - killed_at
     record(reap_seconds=round(reap_seconds, 2), reap_grace=REAP_GRACE)
-    assert again[0]["reason"] == "heartbeat expired", (victim, again)
+    assert again[0]["requeue_reason"] == "heartbeat expired", (victim, again)
     # Polling adds a few seconds on top (each probe is an SSH round trip).
     assert reap_seconds < REAP_GRACE + 15, f"reaped after {reap_seconds:.1f}s, grace {REAP_GRACE}s"
 

@@ -1,0 +1,81 @@
+"""What the study verifiers (molecule/cluster, molecule/cluster-keydb) share.
+
+They act on the real cluster a scenario converged, over SSH (testinfra), and
+read the studies through the worker's public read-only command,
+`hpo-worker trials --json` (worker/README.md), with the store settings of
+the workers' root-only environment file. Import it with
+`sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+RUNNER = AnsibleRunner(INVENTORY)
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."))
+VENV = "/opt/hpo-worker/venv"
+ENV_FILE = "/etc/hpo-worker/keydb.env"
+
+
+def node(name: str):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+def with_store_env(command: str) -> str:
+    """COMMAND (run as root) with the workers' store settings from their root-only file."""
+    return f"bash -c {shlex.quote(f'set -a; . {ENV_FILE}; set +a; {command}')}"
+
+
+def trials(host_name: str, study: str) -> list[dict]:
+    """Every trial of STUDY, read on HOST_NAME with `hpo-worker trials --json` (read-only).
+
+    Each trial: the command's fields, plus host and pid (from the `hpo` user attr)
+    and value (the first objective value). No study yet: an empty list.
+    """
+    result = node(host_name).run(with_store_env(f"{VENV}/bin/hpo-worker trials --json --study {study}"))
+    if result.rc == 2 and "no study named" in result.stderr:
+        return []
+    assert result.rc == 0, result.stderr[-3000:]
+    out = []
+    for line in result.stdout.splitlines():
+        if line.strip():
+            t = json.loads(line)
+            hpo = t.get("hpo") if isinstance(t.get("hpo"), dict) else {}
+            t.update(host=hpo.get("host"), pid=hpo.get("pid"), value=(t.get("values") or [None])[0])
+            out.append(t)
+    return out
+
+
+def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
+    """Poll PROBE until it returns something true; fail the test naming WHAT after TIMEOUT s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def recorder(name: str):
+    """record(**figures): merge FIGURES into .cache/NAME in the project directory, and print them."""
+    path = PROJECT / ".cache" / name
+
+    def record(**figures) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data.update(figures)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        print("figures:", figures)
+
+    return record
