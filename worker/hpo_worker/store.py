@@ -384,20 +384,19 @@ class Store:
     def _elect_once(self, reachable: dict[str, Probe]) -> str | None:
         if not reachable:
             return None
+        best = max(p.epoch for p in reachable.values())
+        top_records = {p.record for p in reachable.values() if p.epoch == best and p.record}
+        named = parse_record(next(iter(top_records)))[1] if len(top_records) == 1 else ""
         found = self._writer_of(reachable)
-        if found is None:
-            best = max(p.epoch for p in reachable.values())
-            top_records = {p.record for p in reachable.values() if p.epoch == best and p.record}
-            named = parse_record(next(iter(top_records)))[1] if len(top_records) == 1 else ""
-            if named in reachable:
-                # The record names a master that answered without holding it. Probes are
-                # sequential: it may have been promoted just after we asked it. Ask again;
-                # if it still does not hold it, the records were crossed by replication.
-                time.sleep(0.2)
-                again = self._probe(named)
-                if again is not None:
-                    reachable[named] = again
-                    found = self._writer_of(reachable)
+        if found is None and named in reachable:
+            # The record names a master that answered without holding it. Probes are
+            # sequential: it may have been promoted just after we asked it. Ask again;
+            # if it still does not hold it, the records were crossed by replication.
+            time.sleep(0.2)
+            again = self._probe(named)
+            if again is not None:
+                reachable[named] = again
+                found = self._writer_of(reachable)
         if found is not None:
             ep, rec = found
             self._adopt(ep, rec)
