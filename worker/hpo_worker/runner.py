@@ -77,8 +77,8 @@ class Worker:
         self.distributions = spec.distributions()
         self.evaluations = 0
         self._main_thread = threading.main_thread().ident
-        self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
+        self._settling: set[str] = set()  # worker ids of the view before a failover, until settled
         self.reaper = Reaper(spec, store, self.stop_event)
         self._fp_done: dict[int, tuple[bool, str]] = {}  # finished trial id -> (given up?, fingerprint)
         self._scan_from = 0
@@ -130,21 +130,17 @@ class Worker:
 
     # ------------------------------------------------------------ heartbeat thread
     def _heartbeat_loop(self) -> None:
-        interval = self.spec.heartbeat_interval
-        n = 0
-        while not self._hb_stop.wait(interval):
-            n += 1
+        """Refresh this process's heartbeat keys every heartbeat_interval, and nothing that
+        could wait on another master: a beat that comes late gets a live trial reaped."""
+        while not self._hb_stop.wait(self.spec.heartbeat_interval):
             backend = self.backend
             try:
-                if backend is not None and backend.generation == self.store.generation and backend.my_worker_ids:
-                    self.store.heartbeat(list(backend.my_worker_ids), self.hb_ttl_ms)
-                newer = None
-                if n % 2 == 0:
-                    newer = self.store.fence_stale_masters()
-                    self.store.refresh_replicas()
-                if newer:
-                    log.warning("a master with a newer writer record exists: %s", newer)
-                    self.store.elect(stop=self._hb_stop)
+                # also right after a change of writer, before the trial loop rebuilt its view: this
+                # process is alive and its trial in flight must not be reaped on the new writer
+                ids = set(backend.my_worker_ids) if backend is not None else set()
+                ids |= self._settling  # ids of a previous view whose trials are not settled yet
+                if ids:
+                    self.store.heartbeat(sorted(ids), self.hb_ttl_ms)
             except WriterLost as exc:
                 log.warning("heartbeat: writer %s lost (%s); electing", self.store.record, exc)
                 try:
@@ -153,10 +149,33 @@ class Worker:
                     log.error("heartbeat: %s", exc2)
             except Exception:  # noqa: BLE001 - the heartbeat must survive anything
                 log.exception("heartbeat error")
-            if backend is not None and backend.generation != self.store.generation:
-                self.writer_moved = True
-                if self.in_objective:
-                    signal.pthread_kill(self._main_thread, signal.SIGUSR1)
+            self._note_writer_change()
+
+    def _watch_loop(self) -> None:
+        """Every other heartbeat interval: look at every master (fence stale writer records,
+        follow a newer writer) and re-count the replicas worth waiting for. A thread of its
+        own, so that a master that does not answer never delays a heartbeat."""
+        while not self._hb_stop.wait(2 * self.spec.heartbeat_interval):
+            try:
+                newer = self.store.fence_stale_masters()
+                self.store.refresh_replicas()
+                if newer:
+                    log.warning("a master with a newer writer record exists: %s", newer)
+                    self.store.elect(stop=self._hb_stop)
+            except (*WriterLost, NoWriter) as exc:
+                log.warning("watch: %s", exc)  # the heartbeat and the trial loop elect
+            except Exception:  # noqa: BLE001 - the watch must survive anything
+                log.exception("watch error")
+            self._note_writer_change()
+
+    def _note_writer_change(self) -> None:
+        """The writer changed under the view the trial loop uses now: tell the loop, and stop
+        the objective (its result could not be recorded under the old view)."""
+        backend = self.backend
+        if backend is not None and backend.generation != self.store.generation:
+            self.writer_moved = True
+            if self.in_objective:
+                signal.pthread_kill(self._main_thread, signal.SIGUSR1)
 
     # ------------------------------------------------------------ main loop
     def run(self) -> int:
@@ -169,8 +188,8 @@ class Worker:
         except StoreAuthError as exc:
             log.error("%s", exc)
             return 2
-        self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="hpo-heartbeat", daemon=True)
-        self._hb_thread.start()
+        for loop, name in ((self._heartbeat_loop, "hpo-heartbeat"), (self._watch_loop, "hpo-watch")):
+            threading.Thread(target=loop, name=name, daemon=True).start()
         t0 = time.monotonic()
         errors = 0
         try:
@@ -316,10 +335,10 @@ class Worker:
             return
         args = (dict(inf.params), trial) if self.pass_trial else (dict(inf.params),)
         try:
-            self.in_objective = True
-            if self.writer_moved:
-                raise WriterMoved()
+            self.in_objective = True  # before the check: a move noted from now on stops the objective
             try:
+                if self.writer_moved:
+                    raise WriterMoved()
                 result = self.objective(*args)
             finally:
                 self.in_objective = False
@@ -406,6 +425,7 @@ class Worker:
         log.warning("writer problem (%s: %s); following the writer", type(exc).__name__, exc)
         inf = self.inflight
         old_ids = set(self.backend.my_worker_ids) if self.backend else set()
+        self._settling = old_ids  # kept alive on the new writer until their trials are settled
         gen = self.backend.generation if self.backend else -1
         if self.store.generation == gen:
             failed = self.store.writer_endpoint if not isinstance(exc, WriterMoved) else None
@@ -418,6 +438,7 @@ class Worker:
                     self._settle_after_failover(inf)
                 self.inflight = None
                 self._end_orphans(old_ids)
+                self._settling = set()
                 return
             except WriterLost as exc2:
                 log.warning("writer failed again during recovery (%s)", exc2)
