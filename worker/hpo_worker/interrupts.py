@@ -42,9 +42,12 @@ class Interrupts:
 
     def call_objective(self, objective: Callable[..., Any], *args: Any) -> Any:
         """Call the objective where the handlers can interrupt it (StopNow, WriterMoved)."""
-        if self.writer_moved:
-            raise WriterMoved()
+        # in_objective first: a move noticed by the heartbeat from here on either is
+        # seen just below or finds in_objective set and interrupts with SIGUSR1
         self.in_objective = True
+        if self.writer_moved:
+            self.in_objective = False
+            raise WriterMoved()
         try:
             return objective(*args)
         finally:
