@@ -127,8 +127,8 @@ def worker_env(eval_log: Path, sleep: float = 0.0, **extra: str) -> dict[str, st
 
 
 def start_worker(spec: Path, endpoints: list[str], env: dict, host: str = "h1", processes: int = 1,
-                 log: Path | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hpo_worker", "run", str(spec), "--endpoints", ",".join(endpoints),
+                 log: Path | None = None, python: str = sys.executable) -> subprocess.Popen:
+    cmd = [python, "-m", "hpo_worker", "run", str(spec), "--endpoints", ",".join(endpoints),
            "--code-dir", str(HERE), "--host-label", host, "--processes", str(processes)]
     out = open(log, "ab") if log else subprocess.DEVNULL
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
