@@ -32,6 +32,9 @@ from .store import NoWriter, Store, StoreAuthError, WriterLost, claim_json
 
 log = logging.getLogger("hpo_worker")
 
+# Results kept until a standby acknowledges them (a WAIT that returned fewer replicas).
+UNCONFIRMED_KEPT = 16
+
 
 class ObjectiveMisuse(BaseException):
     """Stops the worker with exit 2: the objective's return value has the wrong type or shape."""
@@ -52,6 +55,7 @@ class Worker:
         self.signals = Interrupts()
         self.stop_event = self.signals.stop_event
         self.inflight: InFlight | None = None
+        self.unconfirmed: list[InFlight] = []  # results no standby acknowledged yet
         self.backend: FencedJournalBackend | None = None
         self.study: optuna.Study | None = None
         self.evaluations = 0
@@ -221,8 +225,17 @@ class Worker:
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning("trial %d was reaped while it ran; its value stays in the claim and is reused",
                         inf.number)
-        self.store.wait_replicas()
+        self._confirm(inf)
         self.inflight = None
+
+    def _confirm(self, inf: InFlight) -> None:
+        """WAIT for the standbys. A result no standby acknowledged is kept (the last few) and
+        recorded again on the next writer if the writer dies before replicating it; one
+        acknowledged WAIT covers every earlier write (replication keeps order)."""
+        if self.store.wait_replicas() >= max(self.store.replicas, 1):
+            self.unconfirmed.clear()
+        else:
+            self.unconfirmed = [*self.unconfirmed[-(UNCONFIRMED_KEPT - 1):], inf]
 
     def _requeue(self, inf: InFlight, why: str) -> None:
         self.settle.requeue(self.study, inf, why)
@@ -243,6 +256,9 @@ class Worker:
         while True:
             try:
                 self.build_view()
+                for done in self.unconfirmed:  # results the old writer may not have passed on
+                    self.settle.after_failover(self.study, self.backend, done)
+                self.unconfirmed = []
                 if inf is not None:
                     self.settle.after_failover(self.study, self.backend, inf)
                 self.inflight = None

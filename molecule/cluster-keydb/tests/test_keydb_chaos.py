@@ -270,7 +270,7 @@ def test_study_survives_writer_kill_and_node_power_off() -> None:
     died_lost = [p for p in died if p not in stored]
     died_again = [p for p in died if per_point[p] > 1]
     wrong = [p for p, v in stored.items() if v != float(sum(json.loads(p).values()))]
-    record(progress_after_kill_s=round(failover_kill, 2), progress_after_power_off_s=failover_node and round(failover_node, 2),
+    record(progress_after_kill_s=round(failover_kill, 2), verifier_saw_progress_after_cut_s=round(failover_node, 2),
            writer_records=[rec, new, rec2, new2], final_writer=next(iter(state.values()))["writer"],
            trials=dict(states), evaluations=len(evals), lost=len(lost), evaluated_twice=len(twice),
            longest_pause_of_results_after_cut_s=round(longest_pause(all_trials, cut_span[0]), 2),
