@@ -42,6 +42,7 @@ from redis.retry import Retry
 log = logging.getLogger("hpo_worker.store")
 
 CONNECT_TIMEOUT = 2.0
+_AUTH_HINT = "set HPO_KEYDB_USERNAME and HPO_KEYDB_PASSWORD"
 SOCKET_TIMEOUT = 5.0
 # A probe asks three cheap questions; a master that takes longer than this to answer
 # them is treated as unreachable for this look (a host that hung or lost power).
@@ -267,9 +268,11 @@ class Store:
     Thread-safe: the heartbeat thread and the main thread share one Store.
     """
 
-    def __init__(self, endpoints: list[str], password: str | None = None, namespace: str = "hpo") -> None:
+    def __init__(self, endpoints: list[str], password: str | None = None, namespace: str = "hpo",
+                 username: str | None = None) -> None:
         self.endpoints = list(endpoints)
         self.password = password
+        self.username = username  # an ACL user (docs/security.md); None: the default user
         self.ns = namespace
         self._lock = threading.RLock()  # held by elections only; fenced calls never wait on it
         self._clients: dict[str, redis.Redis] = {}
@@ -317,7 +320,8 @@ class Store:
         c = pool.get(endpoint)
         if c is None:
             host, _, port = endpoint.rpartition(":")
-            c = redis.Redis(host=host, port=int(port), password=self.password, decode_responses=True,
+            c = redis.Redis(host=host, port=int(port), username=self.username, password=self.password,
+                            decode_responses=True,
                             socket_connect_timeout=min(CONNECT_TIMEOUT, timeout), socket_timeout=timeout,
                             health_check_interval=0, retry=Retry(NoBackoff(), 0))
             pool[endpoint] = c
@@ -342,10 +346,10 @@ class Store:
             epoch, named = parse_record(rec)
             return Probe(endpoint, epoch, named, rec, role_kind(role), int(seq or 0))
         except redis.AuthenticationError as exc:
-            raise StoreAuthError(f"{endpoint} refused the password (set HPO_KEYDB_PASSWORD): {exc}") from None
+            raise StoreAuthError(f"{endpoint} refused the user or password ({_AUTH_HINT}): {exc}") from None
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                raise StoreAuthError(f"{endpoint} refused the password (set HPO_KEYDB_PASSWORD): {exc}") from None
+                raise StoreAuthError(f"{endpoint} refused the user or password ({_AUTH_HINT}): {exc}") from None
             log.warning("endpoint %s unreachable: %r", endpoint, exc)
             return None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

@@ -124,20 +124,21 @@ def current_writer(group) -> object:
 
 
 def chaos_run(tmp_path: Path, group, kills: int = 3, n_trials: int = 400, guard: bool = True,
-              freeze: float = 0.0) -> dict:
+              freeze: float = 0.0, **env_extra: str) -> dict:
     """2 hosts x 3 processes on two KeyDB masters (host h2 lists them in the other order);
     the writer master SIGKILLed `kills` times mid-study and restarted with its data dir
     through the role's rejoin guard (or, guard=False, straight from its stale data).
     With ``freeze``, the writer is first stopped with SIGSTOP for that many seconds (its
     sockets stay open and nothing answers: a host that hung or lost power, as the
     survivors see it) and only then killed and restarted, as a rebooted node would be.
-    Returns the figures the assertions check."""
+    ENV_EXTRA: more worker environment (e.g. the workers' ACL user). Returns the figures
+    the assertions check."""
     a, b = group
     spec = write_spec(tmp_path / "chaos.yaml", name="chaos",
                       space={"x": {"type": "int", "low": 0, "high": 39}, "y": {"type": "int", "low": 0, "high": 19}},
                       budget={"n_trials": n_trials})
     evals = tmp_path / "evals.jsonl"
-    env = worker_env(evals, sleep=0.2, HPO_FAILOVER_WAIT="60")
+    env = worker_env(evals, sleep=0.2, HPO_FAILOVER_WAIT="60", **env_extra)
     w1 = start_worker(spec, [a.endpoint, b.endpoint], env, host="h1", processes=3, log=tmp_path / "h1.log")
     w2 = start_worker(spec, [b.endpoint, a.endpoint], env, host="h2", processes=3, log=tmp_path / "h2.log")
     def worker_logs() -> str:

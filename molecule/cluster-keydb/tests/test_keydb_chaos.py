@@ -54,8 +54,9 @@ out = {}
 for ep in os.environ["HPO_KEYDB_ENDPOINTS"].split(","):
     host, _, port = ep.rpartition(":")
     try:
-        c = redis.Redis(host=host, port=int(port), password=os.environ["HPO_KEYDB_PASSWORD"],
-                        decode_responses=True, socket_timeout=5, socket_connect_timeout=2)
+        c = redis.Redis(host=host, port=int(port), username=os.environ.get("HPO_KEYDB_USERNAME") or None,
+                        password=os.environ["HPO_KEYDB_PASSWORD"], decode_responses=True,
+                        socket_timeout=5, socket_connect_timeout=2)
         journal = c.lrange("hpo:journal:chaos", 0, -1)
         claims = sorted(c.hgetall("hpo:claims:chaos").items())
         info = c.info("replication")
@@ -75,7 +76,8 @@ import json, os
 import redis
 for ep in os.environ["HPO_KEYDB_ENDPOINTS"].split(","):
     host, _, port = ep.rpartition(":")
-    c = redis.Redis(host=host, port=int(port), password=os.environ["HPO_KEYDB_PASSWORD"])
+    c = redis.Redis(host=host, port=int(port), username=os.environ.get("HPO_KEYDB_USERNAME") or None,
+                    password=os.environ["HPO_KEYDB_PASSWORD"])
     keys = list(c.scan_iter("hpo:*"))
     if keys:
         c.delete(*keys)

@@ -33,6 +33,9 @@ HEAD = RUNNER.get_hosts("ray_head")[0]
 WORKERS = sorted(RUNNER.get_hosts("ray_workers"))
 NEW = "ray-4"
 VENV = "/opt/ray/venv"
+# Ray runs with token authentication: every Ray command here first reads the
+# node's RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH (the token stays in its file).
+RAY_AUTH_ENV = "/etc/ray/auth.env"
 
 # Runs as the ray user on the head: one task pinned to each alive node by its
 # node:<ip> resource, and one task per custom resource named on the command
@@ -58,6 +61,11 @@ print(json.dumps({
 
 def node(name: str):
     return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+def with_ray_auth(command: str) -> str:
+    """COMMAND (run as root) with the node's Ray authentication settings."""
+    return f"bash -c {shlex.quote(f'set -a; . {RAY_AUTH_ENV}; set +a; {command}')}"
 
 
 def hostvars(name: str) -> dict:
@@ -96,7 +104,7 @@ def wait_for_status(nodes: int, totals: dict, timeout: float = 150) -> tuple[int
     deadline = time.monotonic() + timeout
     seen: tuple[int, dict] = (0, {})
     while time.monotonic() < deadline:
-        out = head.run(f"{VENV}/bin/ray status --address {head_address()}")
+        out = head.run(with_ray_auth(f"{VENV}/bin/ray status --address {head_address()}"))
         if out.rc == 0 and "Active:" in out.stdout:
             seen = parse_status(out.stdout)
             got = {k: v for k, v in seen[1].items() if k in totals}
@@ -112,7 +120,7 @@ def run_job(*resources: str) -> dict:
         f"cd /var/lib/ray && runuser -u ray -- env HOME=/var/lib/ray "
         f"{VENV}/bin/python -c {script} {head_address()} {' '.join(resources)}"
     )
-    out = node(HEAD).run(cmd)
+    out = node(HEAD).run(with_ray_auth(cmd))
     assert out.rc == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
