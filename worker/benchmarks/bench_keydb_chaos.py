@@ -51,7 +51,7 @@ def one(tmp: Path, variant: str) -> dict:
         wait_for(lambda: all(k.links_up() for k in group), 20, "links up")
         t0 = time.monotonic()
         if variant == "freeze":
-            r = chaos_run(tmp, group, kills=2, guard=True, freeze=20.0)
+            r = chaos_run(tmp, group, kills=2, guard=True, freeze=20.0, n_trials=800, sleep=0.5)
         else:
             r = chaos_run(tmp, group, kills=3, guard=variant == "guard")
         r["seconds"] = round(time.monotonic() - t0, 1)
