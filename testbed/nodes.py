@@ -246,12 +246,7 @@ class Node:
             peer = re.search(r"host0@if(\d+)", shown)
             host_side = _link_with_index(peer.group(1)) if peer else ""
             run([*inside, "ip", "link", "set", "host0", "down"], check=False)
-        pids = list(nspawn_processes(self.directory))
-        for pid in pids:
-            for child in _descendants(pid):
-                send_signal(child, signal.SIGKILL)
-            send_signal(pid, signal.SIGKILL)
-        _wait_gone(pids, 10, 0.1)
+        kill_nspawn(list(nspawn_processes(self.directory)))
         if host_side:
             # The veth pair lives on while the dead node's TCP connections retransmit into
             # the downed link; the next boot removes it (it would fail with "File exists").
@@ -320,12 +315,16 @@ def stop_nspawn(pids: list[int], grace: float) -> None:
     for pid in pids:
         send_signal(pid, signal.SIGTERM)
     _wait_gone(pids, grace, 0.2)
+    kill_nspawn([pid for pid in pids if _alive(pid)])
+
+
+def kill_nspawn(pids: list[int]) -> None:
+    """SIGKILL systemd-nspawn processes and everything below them (no orderly poweroff)."""
     for pid in pids:
-        if _alive(pid):
-            # killing the container's PID 1 ends its whole PID namespace
-            for child in _descendants(pid):
-                send_signal(child, signal.SIGKILL)
-            send_signal(pid, signal.SIGKILL)
+        # killing the container's PID 1 ends its whole PID namespace
+        for child in _descendants(pid):
+            send_signal(child, signal.SIGKILL)
+        send_signal(pid, signal.SIGKILL)
     _wait_gone(pids, 10, 0.2)
 
 

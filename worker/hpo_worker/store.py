@@ -436,9 +436,9 @@ class Store:
         named = parse_record(next(iter(top_records)))[1] if len(top_records) == 1 else ""
         found = self._writer_of(reachable)
         if found is None and named in reachable:
-            # The record names a master that answered without holding it. Probes are
-            # sequential: it may have been promoted just after we asked it. Ask again;
-            # if it still does not hold it, the records were crossed by replication.
+            # The record names a master that answered without holding it. Each master was
+            # asked at its own moment: it may have been promoted just after we asked it. Ask
+            # again; if it still does not hold it, the records were crossed by replication.
             time.sleep(0.2)
             again = self._probe(named)
             if again is not None:
