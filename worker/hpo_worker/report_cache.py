@@ -98,7 +98,7 @@ class ReportCache:
             fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".report-", suffix=".tmp")
             try:
                 with os.fdopen(fd, "w") as f:
-                    json.dump(d, f, separators=(",", ":"))
+                    f.write(json.dumps(d, separators=(",", ":")))  # dumps: the C encoder (dump streams in Python)
                 os.replace(tmp, path)
             except BaseException:
                 os.unlink(tmp)
