@@ -202,3 +202,21 @@ def test_report_reads_long_journals_in_chunks(servers, tmp_path):
     assert f"{1 + 3 * n1} entries from the cache, {3 * (n2 - n1)} new" in err, err
     whole, _ = cli_report([r.endpoint], cache, "--no-cache")
     assert cached == whole and f"COMPLETE: {n2}  (evaluated {n2}," in whole[1]
+
+
+def test_report_and_trials_import_neither_redis_py_nor_optuna(servers, tmp_path):
+    """Their start-up is most of a cached report's time: redis-py's import alone took longer
+    than the whole cached report of 8 studies x 8,000 trials (benchmarks/RESULTS.md)."""
+    r = servers("imp")
+    spec = write_spec(tmp_path / "s.yaml", name="imp", budget={"n_trials": 3})
+    p = start_worker(spec, [r.endpoint], worker_env(tmp_path / "e.jsonl"), log=tmp_path / "w.log")
+    assert p.wait(60) == 0, (tmp_path / "w.log").read_text()[-2000:]
+    code = ("import sys\nfrom hpo_worker.cli import main\n"
+            "for argv in (['report'], ['trials', '--json']):\n"
+            f"    assert main([*argv, '--endpoints', '{r.endpoint}']) == 0\n"
+            "print(sorted(m for m in ('redis', 'optuna', 'asyncio') if m in sys.modules))\n")
+    env = worker_env(tmp_path / "e.jsonl", HPO_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "COMPLETE: 3 " in out.stdout
+    assert out.stdout.splitlines()[-1] == "[]", out.stdout
