@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
-from verify_helpers import RUNNER, VENV, ansible_playbook, node, recorder, wait_for, with_store_env  # noqa: E402
+from verify_helpers import RUNNER, VENV, ansible_playbook, node, ray_alive_nodes, recorder, wait_for, with_store_env  # noqa: E402
 from verify_helpers import trials as study_trials  # noqa: E402
 
 NODES = sorted(RUNNER.get_hosts("optuna_workers"))
@@ -163,18 +163,6 @@ def test_kill_9_trial_is_reaped_and_requeued() -> None:
         return props if props["SubState"] == "running" and int(props["NRestarts"]) > int(before["NRestarts"]) else None
 
     wait_for(f"systemd to restart the killed worker on {name}", restarted, timeout=60)
-
-
-def ray_alive_nodes() -> int | None:
-    """Alive nodes in `ray status` on the head, asked with the node's token settings."""
-    head = RUNNER.get_hosts("ray_head")[0]
-    address = RUNNER.get_variables(head)["cluster_address"]
-    out = node(head).run("bash -c 'set -a; . /etc/ray/auth.env; set +a; "
-                         f"/opt/ray/venv/bin/ray status --address {address}:6333'")
-    if out.rc != 0 or "Active:" not in out.stdout:
-        return None
-    active = out.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
-    return len(re.findall(r"^\s*1 node_[0-9a-f]+\s*$", active, re.M))
 
 
 def test_a_new_ray_token_rolls_out_while_the_study_runs_and_no_trial_is_lost() -> None:

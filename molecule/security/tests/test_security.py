@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
-from verify_helpers import INVENTORY, PROJECT, RUNNER, VENV, node, recorder, wait_for, with_store_env  # noqa: E402
+from verify_helpers import INVENTORY, PROJECT, RUNNER, VENV, node, ray_alive_nodes, recorder, wait_for, with_store_env  # noqa: E402
 from verify_helpers import trials as study_trials  # noqa: E402
 
 record = recorder("security-figures.json")
@@ -134,14 +134,6 @@ def ray_start_time(name: str) -> int:
     return int(node(name).check_output("systemctl show ray -p ExecMainStartTimestampMonotonic --value"))
 
 
-def alive_nodes() -> int | None:
-    out = node(HEAD).run(with_ray_auth(f"{RAY}/bin/ray status --address {address(HEAD)}:6333"))
-    if out.rc != 0 or "Active:" not in out.stdout:
-        return None
-    active = out.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
-    return len(re.findall(r"^\s*1 node_[0-9a-f]+\s*$", active, re.M))
-
-
 # ------------------------------------------------------------------ token
 @pytest.mark.parametrize("name", NODES)
 def test_the_token_file_is_for_root_and_ray_only_and_never_on_a_command_line(name):
@@ -158,7 +150,7 @@ def test_the_token_file_is_for_root_and_ray_only_and_never_on_a_command_line(nam
 
 
 def test_every_node_joined_with_the_token_and_a_client_without_it_is_refused():
-    assert alive_nodes() == len(NODES)
+    assert ray_alive_nodes() == len(NODES)
     # the same command without the token: the GCS refuses it
     out = node(HEAD).run(f"RAY_AUTH_MODE=token {RAY}/bin/ray status --address {address(HEAD)}:6333")
     assert out.rc != 0, out.stdout
@@ -363,7 +355,7 @@ def test_the_firewall_off_removes_what_it_added_and_on_again_restores_it():
     assert connect_from_here([gcs]) == {gcs: "refused"}
     again = ansible_playbook("site.yml", "--tags", "firewall")
     assert again.returncode == 0 and all(c == 0 for c, _ in recap(again.stdout).values()), recap(again.stdout)
-    assert alive_nodes() == len(NODES)
+    assert ray_alive_nodes() == len(NODES)
 
 
 # ------------------------------------------------------------------ store credential
@@ -418,7 +410,7 @@ def test_a_new_token_rolls_out_head_first_and_every_node_is_alive_after():
         after = {n: ray_start_time(n) for n in NODES}
         assert all(after[n] > before[n] for n in NODES), "every node restarted with the new token"
         assert after[HEAD] < min(after[n] for n in NODES if n != HEAD), "the head restarted first"
-        assert alive_nodes() == len(NODES)
+        assert ray_alive_nodes() == len(NODES)
         assert dashboard("/api/jobs/", bearer=old)[0] == 403
         assert dashboard("/api/jobs/", bearer=new)[0] == 200
     finally:
@@ -426,5 +418,5 @@ def test_a_new_token_rolls_out_head_first_and_every_node_is_alive_after():
         back = ansible_playbook("playbooks/ray.yml")
         os.unlink(f.name)
     assert back.returncode == 0, back.stdout[-4000:]
-    assert alive_nodes() == len(NODES)
+    assert ray_alive_nodes() == len(NODES)
     assert dashboard("/api/jobs/", bearer=old)[0] == 200
