@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -101,13 +100,22 @@ def recorder(name: str):
 
 
 def ray_alive_nodes() -> int | None:
-    """Alive nodes in `ray status` on the Ray head, asked with that node's token
-    settings (/etc/ray/auth.env); None while it does not answer."""
+    """Alive nodes in the Ray cluster as the head's GCS lists them (its node
+    table, which the roles' join check reads too), asked on the head with that
+    node's token settings (/etc/ray/auth.env); None while it does not answer.
+
+    Not `ray status`: it prints the autoscaler's summary, which the head's
+    monitor refreshes every few seconds, so right after a node joined (the
+    last task of a playbook run) it can still show the cluster without it."""
     head = RUNNER.get_hosts("ray_head")[0]
     address = RUNNER.get_variables(head)["cluster_address"]
-    command = f"set -a; . /etc/ray/auth.env; set +a; /opt/ray/venv/bin/ray status --address {address}:6333"
+    query = (
+        "from ray._raylet import GcsClient; "
+        f"nodes = GcsClient(address='{address}:6333').get_all_node_info(timeout=10); "
+        "print(sum(info.state == 0 for info in nodes.values()))"
+    )
+    command = f"set -a; . /etc/ray/auth.env; set +a; /opt/ray/venv/bin/python -c {shlex.quote(query)}"
     out = node(head).run(f"bash -c {shlex.quote(command)}")
-    if out.rc != 0 or "Active:" not in out.stdout:
+    if out.rc != 0 or not out.stdout.strip().isdigit():
         return None
-    active = out.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
-    return len(re.findall(r"^\s*1 node_[0-9a-f]+\s*$", active, re.M))
+    return int(out.stdout.strip())
