@@ -49,3 +49,23 @@ def test_the_optuna_worker_unit_does_not_depend_on_ray():
     unit = (ROOT / "roles" / "optuna_worker" / "templates" / "hpo-worker@.service.j2").read_text()
     tying = re.findall(r"^(?:Requires|BindsTo|PartOf|Requisite)=.*ray.*$", unit, re.M)
     assert tying == [], tying
+
+
+def load_alive_probe():
+    path = ROOT / "roles" / "ray" / "files" / "ray_node_alive.py"
+    spec = importlib.util.spec_from_file_location("ray_node_alive", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_join_probe_gives_up_when_ray_start_has_ended(monkeypatch):
+    probe = load_alive_probe()
+    monkeypatch.delenv("MAINPID", raising=False)
+    assert probe.main_process_gone() is False  # not run by systemd: keep waiting
+    monkeypatch.setenv("MAINPID", str(os.getpid()))
+    assert probe.main_process_gone() is False
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    monkeypatch.setenv("MAINPID", str(ended.pid))
+    assert probe.main_process_gone() is True
