@@ -419,9 +419,13 @@ def test_systemctl_stop_drains_the_node_then_stops_it_alone():
     host.run("rm -f /var/lib/ray/drain-test-running")
     head.run("rm -f /tmp/drain-test.out")
     script = shlex.quote(DRAIN_JOB)
+    # Detached (setsid, stdin from /dev/null): otherwise the remote command
+    # returns only when the driver ends, after the task, and nothing is left
+    # to drain.
     head.run(
-        f"cd /var/lib/ray && nohup runuser -u ray -- env HOME=/var/lib/ray {VENV}/bin/python "
-        f"-c {script} {head_address()} {ip_of(NEW)} {task_s} > /tmp/drain-test.out 2>&1 &")
+        f"cd /var/lib/ray && setsid nohup runuser -u ray -- env HOME=/var/lib/ray {VENV}/bin/python "
+        f"-c {script} {head_address()} {ip_of(NEW)} {task_s} "
+        f"< /dev/null > /tmp/drain-test.out 2>&1 &")
     # On the node itself: stop Ray as soon as the task runs; print how long
     # the task had run then and how long the stop took.
     stop = host.run(
