@@ -85,6 +85,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="with --check-clean: look only at these clusters (others may be in use)",
     )
 
+    crash = sub.add_parser("crash", help="cut nodes' power: link down, then every process killed"
+                           " (no orderly shutdown); 'up' boots them again")
+    crash.add_argument("nodes", nargs="+", help="node names")
+
     ssh = sub.add_parser("ssh", help="ssh to a node as root (optionally run a command)")
     ssh.add_argument("node")
     ssh.add_argument("remote_command", nargs=argparse.REMAINDER)
@@ -128,6 +132,16 @@ def cmd_down(args: argparse.Namespace) -> int:
     names = known_cluster_names() if args.all else [args.cluster]
     for name in names:
         Cluster.load(name).down()
+    return 0
+
+
+def cmd_crash(args: argparse.Namespace) -> int:
+    cluster = Cluster.load(args.cluster)
+    for name in args.nodes:
+        if name not in cluster.nodes:
+            raise TestbedError(f"cluster {cluster.name} has no node {name}")
+        cluster.node(name).crash()
+        log(f"{name}: power cut (link down, processes killed)")
     return 0
 
 
@@ -201,6 +215,7 @@ COMMANDS = {
     "down": cmd_down,
     "status": cmd_status,
     "ssh": cmd_ssh,
+    "crash": cmd_crash,
     "inventory": cmd_inventory,
     "prune": cmd_prune,
 }

@@ -10,7 +10,9 @@ alias) and so works even without the state file.
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -78,6 +80,20 @@ class Cluster:
     @property
     def inventory_path(self) -> Path:
         return INVENTORY_DIR / f"{self.name}.yml"
+
+    @property
+    def ray_token_path(self) -> Path:
+        return self.directory / "ray_auth_token"
+
+    def ray_auth_token(self) -> str:
+        """The cluster's Ray token: made on first use (root-only file), kept until `down`."""
+        path = self.ray_token_path
+        if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
 
     @property
     def lock_path(self) -> Path:
@@ -271,6 +287,9 @@ class Cluster:
             "          -o LogLevel=ERROR",
             "        ansible_python_interpreter: /usr/bin/python3",
             f"        testbed_cluster: {self.name}",
+            "        # Made by bin/testbed for this cluster (the roles refuse Ray without a",
+            f"        # token); also in {self.ray_token_path}.",
+            f"        ray_auth_token: {json.dumps(self.ray_auth_token())}",
             "      hosts:",
         ]
         for name in sorted(self.nodes, key=lambda n: int(self.nodes[n]["slot"])):
@@ -282,7 +301,11 @@ class Cluster:
                 f"          testbed_release: {node.release}",
             ]
         INVENTORY_DIR.mkdir(parents=True, exist_ok=True)
-        self.inventory_path.write_text("\n".join(lines) + "\n")
+        # It holds the cluster's Ray token: root only.
+        fd = os.open(self.inventory_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        os.chmod(self.inventory_path, 0o600)
         return self.inventory_path
 
     # ---- down -----------------------------------------------------------

@@ -11,6 +11,7 @@ Layout of a node directory::
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -128,6 +129,12 @@ class Node:
     def boot(self) -> None:
         """Start systemd-nspawn in the background (returns at once)."""
         kill_orphans(self.directory)
+        stale_link = self.directory / STALE_LINK
+        if stale_link.exists():  # left by crash()
+            name = stale_link.read_text().strip()
+            if name and Path(f"/sys/class/net/{name}").exists():
+                run(["ip", "link", "delete", name], check=False)
+            stale_link.unlink()
         PIP_CACHE.mkdir(parents=True, exist_ok=True)
         PIP_CACHE.chmod(0o1777)
         argv = [
@@ -226,6 +233,25 @@ class Node:
         pids = list(nspawn_processes(self.directory))
         stop_nspawn(pids, grace)
 
+    def crash(self) -> None:
+        """Cut the node's power as its peers see it: its network link goes down first (so
+        nothing it holds open is closed politely: no FIN, no RST, no orderly shutdown),
+        then every process of the node is SIGKILLed. ``up`` boots it again."""
+        init = self.init_pid()
+        host_side = ""
+        if init is not None:
+            inside = ["nsenter", "-t", str(init), "-n"]
+            # "2: host0@if57: <...": 57 is the host end's index (/sys here shows the host's links)
+            shown = run([*inside, "ip", "-o", "link", "show", "host0"], check=False).stdout
+            peer = re.search(r"host0@if(\d+)", shown)
+            host_side = _link_with_index(peer.group(1)) if peer else ""
+            run([*inside, "ip", "link", "set", "host0", "down"], check=False)
+        kill_nspawn(list(nspawn_processes(self.directory)))
+        if host_side:
+            # The veth pair lives on while the dead node's TCP connections retransmit into
+            # the downed link; the next boot removes it (it would fail with "File exists").
+            (self.directory / STALE_LINK).write_text(host_side + "\n")
+
     def unmount(self) -> None:
         for mount_point in mounts_under(self.directory):
             if run(["umount", str(mount_point)], check=False).returncode != 0:
@@ -254,6 +280,20 @@ def write_hosts_block(path: Path, hosts: dict[str, str]) -> None:
         path.write_text(text)
 
 
+STALE_LINK = "crashed-link"  # file in a node's directory: the host end of its veth after a crash
+
+
+def _link_with_index(index: str) -> str:
+    """The name of the host's network link with this ifindex ('' if none)."""
+    for link in Path("/sys/class/net").iterdir():
+        try:
+            if (link / "ifindex").read_text().strip() == index:
+                return link.name
+        except OSError:
+            continue
+    return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -275,12 +315,16 @@ def stop_nspawn(pids: list[int], grace: float) -> None:
     for pid in pids:
         send_signal(pid, signal.SIGTERM)
     _wait_gone(pids, grace, 0.2)
+    kill_nspawn([pid for pid in pids if _alive(pid)])
+
+
+def kill_nspawn(pids: list[int]) -> None:
+    """SIGKILL systemd-nspawn processes and everything below them (no orderly poweroff)."""
     for pid in pids:
-        if _alive(pid):
-            # killing the container's PID 1 ends its whole PID namespace
-            for child in _descendants(pid):
-                send_signal(child, signal.SIGKILL)
-            send_signal(pid, signal.SIGKILL)
+        # killing the container's PID 1 ends its whole PID namespace
+        for child in _descendants(pid):
+            send_signal(child, signal.SIGKILL)
+        send_signal(pid, signal.SIGKILL)
     _wait_gone(pids, 10, 0.2)
 
 

@@ -1,9 +1,10 @@
-"""What the study verifiers (molecule/cluster, molecule/cluster-keydb) share.
+"""What the verifiers that read trials or the store share (molecule/cluster,
+molecule/cluster-keydb, molecule/keydb with keydb-packages and keydb-valkey).
 
-They act on the real cluster a scenario converged, over SSH (testinfra), and
-read the studies through the worker's public read-only command,
-`hpo-worker trials --json` (worker/README.md), with the store settings of
-the workers' root-only environment file. Import it with
+They act on the real nodes a scenario converged, over SSH (testinfra). The
+study verifiers read the studies through the worker's public read-only
+command, `hpo-worker trials --json` (worker/README.md), with the store
+settings of the workers' root-only environment file. Import it with
 `sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))`.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from testinfra.utils.ansible_runner import AnsibleRunner
 
 INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
 RUNNER = AnsibleRunner(INVENTORY)
-PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."))
+PROJECT = Path(__file__).resolve().parents[2]
 VENV = "/opt/hpo-worker/venv"
 ENV_FILE = "/etc/hpo-worker/keydb.env"
 
@@ -55,16 +58,31 @@ def trials(host_name: str, study: str) -> list[dict]:
     return out
 
 
-def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
-    """Poll PROBE until it returns something true; fail the test naming WHAT after TIMEOUT s."""
+def poll(probe, timeout: float, interval: float = 1.0):
+    """Call PROBE until it returns something true or TIMEOUT s passed; its last value."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
-        if value:
+        if value or time.monotonic() > deadline:
             return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
+    """Poll PROBE until it returns something true; fail the test naming WHAT after TIMEOUT s."""
+    value = poll(probe, timeout, interval)
+    if not value:
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+    return value
+
+
+def ansible_playbook(playbook: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run playbooks/PLAYBOOK from the project directory on the scenario's inventory."""
+    program = Path(sys.executable).with_name("ansible-playbook")
+    return subprocess.run(
+        [str(program), "-i", INVENTORY, *args, str(PROJECT / "playbooks" / playbook)],
+        cwd=PROJECT, capture_output=True, text=True, timeout=timeout, check=False,
+    )
 
 
 def recorder(name: str):

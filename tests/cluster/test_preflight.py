@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "sample-study"
 BIN = Path(sys.executable).parent
 CHANGE_PLAYS = ("PLAY [KeyDB store]", "PLAY [Ray head]", "PLAY [Ray workers]", "PLAY [Optuna workers]")
+TOKEN = "node-free-test-token-0123456789-abcdefghij"
 STUDY = {"name": "digits-svc", "spec": str(SAMPLE / "study.yaml"), "code_dir": str(SAMPLE / "code")}
 
 
@@ -32,7 +33,7 @@ def cluster(**host_b: object) -> dict:
     return {"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                  "keydb_engine": "redis", "keydb_password": "pw", "ray_allow_logical_gpus": True,
-                 "optuna_worker_studies": [STUDY]},
+                 "ray_auth_token": TOKEN, "optuna_worker_studies": [STUDY]},
         "hosts": {
             "a": {"cluster_address": "198.18.210.1", "ray_num_cpus": 1},
             "b": {"cluster_address": "198.18.210.2", "ray_num_cpus": 1, **host_b},
@@ -116,3 +117,47 @@ def test_a_ray_refusal_is_found_with_a_host_outside_ray_in_the_play(tmp_path: Pa
     output = site(tmp_path, data, "-e", f"@{inv}")
     assert "b: cluster_address 198.18.210.1 is also the node IP of a" in output, output[-3000:]
     assert_stopped_in_the_preflight(output, {"a", "b", "c", "w"})
+
+
+DIFFERS = "b: ray_auth_token (or ray_allow_unauthenticated) differs from the head a's"
+
+
+def ray_only(**host_b: object) -> dict:
+    """cluster() with the Ray groups only (the store's checks would stop first here)."""
+    data = cluster(**host_b)
+    for group in ("keydb", "optuna_workers"):
+        del data["all"]["children"][group]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ray_auth_token": ""}, "b: ray_auth_token is not set"),
+        ({"ray_auth_token": "short-token"}, "b: ray_auth_token is too weak"),
+        ({"ray_auth_token": "a" * 40}, "b: ray_auth_token is too weak"),
+        ({"ray_auth_token": "REPLACE-WITH-A-LONG-RANDOM-TOKEN"}, "b: ray_auth_token is too weak"),
+        ({"ray_auth_token": TOKEN + " x"}, "b: ray_auth_token is too weak"),
+        ({"ray_auth_token": TOKEN[::-1]}, DIFFERS),
+        ({"ray_allow_unauthenticated": True}, DIFFERS),
+    ],
+    ids=["missing", "short", "one-letter", "placeholder", "whitespace", "differs", "opt-out-on-one-host"],
+)
+def test_a_missing_weak_or_foreign_ray_token_stops_every_host(tmp_path: Path, change: dict, message: str) -> None:
+    output = site(tmp_path, ray_only(**change))
+    assert message in output, output[-3000:]
+    assert TOKEN not in output and TOKEN[::-1] not in output, "the preflight printed a token"
+    assert_stopped_in_the_preflight(output, {"a", "b", "c"})
+
+
+def test_the_opt_out_lets_a_cluster_without_token_pass_the_token_checks(tmp_path: Path) -> None:
+    # Every host opts out and has no token: the token checks pass (with a
+    # warning) and the run stops at the next check, the node IP, which is
+    # not an address of this machine.
+    data = ray_only()
+    data["all"]["vars"].update(ray_auth_token="", ray_allow_unauthenticated=True)
+    output = site(tmp_path, data)
+    assert "ray_allow_unauthenticated is true: Ray runs with" in output, output[-3000:]
+    assert "ray_auth_token is not set" not in output
+    assert "a: cluster_address 198.18.210.1 is not an address of this host" in output, output[-3000:]
+    assert_stopped_in_the_preflight(output, {"a", "b", "c"})

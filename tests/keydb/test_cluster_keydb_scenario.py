@@ -2,7 +2,7 @@
 
 site.yml with keydb_engine keydb from a local signed repository of KeyDB's
 own packages, then a study on three nodes through a SIGKILL of the writer
-master and a power-off of the next writer's node (see the scenario's
+master and a power cut of the next writer's node (see the scenario's
 verifier). Skipped, with the reason, when no KeyDB packages are found (same
 places as test_keydb_packages_scenario.py).
 """

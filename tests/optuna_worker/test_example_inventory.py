@@ -33,4 +33,5 @@ def test_example_inventory_mirrors_the_notes() -> None:
         assert (v["cluster_address"], v["ray_num_cpus"], v["ray_num_gpus"]) == (address, cpus, gpus), host
     # The password is not in the repository: it comes from the vault file.
     assert hostvars["m1"]["keydb_password"] == "{{ vault_keydb_password }}"
+    assert hostvars["m1"]["ray_auth_token"] == "{{ vault_ray_auth_token }}"
     assert not (REPO / "inventory/example/group_vars/all/vault.yml").exists()

@@ -12,6 +12,9 @@ Prints medians and B/A ratios (time per trial, report time: < 1 is faster).
 
     git worktree add /tmp/hpo-before <commit>
     python benchmarks/bench_ab.py /tmp/hpo-before/worker ./ [--repeat 3] [--rounds 5] [--json out.json]
+
+--python-a/--python-b run a version with another interpreter (a virtualenv with
+that version's own dependencies, e.g. one without a dependency B added).
 """
 
 from __future__ import annotations
@@ -43,13 +46,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5, help="report runs per version")
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--python-a", default=sys.executable, help="interpreter for A (default this one)")
+    ap.add_argument("--python-b", default=sys.executable, help="interpreter for B (default this one)")
     ap.add_argument("--json")
     a = ap.parse_args()
+    python = {"A": a.python_a, "B": a.python_b}
     trees = {"A": str(Path(a.a).resolve()), "B": str(Path(a.b).resolve())}
     tmp = Path(tempfile.mkdtemp(prefix="hpo-bench-ab-"))
     os.chdir(tmp)  # `python -m hpo_worker` puts the working directory first on sys.path, before PYTHONPATH
     r = RedisProc(tmp, "redis").start()
-    out: dict = {"A": trees["A"], "B": trees["B"], "throughput": [], "report": {}}
+    out: dict = {"A": trees["A"], "B": trees["B"], "python": python, "throughput": [], "report": {}}
     n = iter(range(1_000_000))
     try:
         for w in ([] if a.skip_overhead else [int(x) for x in a.workers.split(",")]):
@@ -63,7 +69,7 @@ def main() -> None:
                                       budget={"n_trials": total}, objective="objectives:empty",
                                       worker={"heartbeat_interval": 2.0, "heartbeat_ttl": 10.0})
                     env = worker_env(tmp / "unused.jsonl", PYTHONPATH=path)
-                    p = start_worker(spec, [r.endpoint], env, processes=w, log=tmp / f"{name}.log")
+                    p = start_worker(spec, [r.endpoint], env, processes=w, log=tmp / f"{name}.log", python=python[k])
                     if p.wait(900) != 0:
                         raise SystemExit(f"hpo-worker ({k}) failed; see {tmp}/{name}.log")
                     runs[k].append(throughput(load_trials(r.endpoint, name))[1])
@@ -83,7 +89,7 @@ def main() -> None:
                 env = dict(os.environ, PYTHONPATH=path, HPO_KEYDB_PASSWORD=PASSWORD, HPO_LOG_LEVEL="WARNING")
                 for kind, extra in (("all", []), ("one", ["--study", "study_3"])):
                     t0 = perf_counter()
-                    p = subprocess.run([sys.executable, "-m", "hpo_worker", "report", "--endpoints", r.endpoint,
+                    p = subprocess.run([python[k], "-m", "hpo_worker", "report", "--endpoints", r.endpoint,
                                         *extra], env=env, capture_output=True, text=True, check=True)
                     times[k][kind + "_cli"].append(perf_counter() - t0)
                     times[k][kind + "_printed"].append(float(p.stdout.strip().splitlines()[-1].split()[2]))

@@ -17,7 +17,8 @@ SIGTERM ends the trial in flight, requeues its params and exits 0; SIGINT
 finishes the trial first (a second SIGINT acts as SIGTERM).
 
 Store settings: --endpoints or HPO_KEYDB_ENDPOINTS (every master, host:port,
-comma-separated, inventory order); the password only from HPO_KEYDB_PASSWORD.
+comma-separated, inventory order); the user (ACL user; default: the default
+user) only from HPO_KEYDB_USERNAME, the password only from HPO_KEYDB_PASSWORD.
 """
 
 EPILOG = """\
@@ -32,7 +33,8 @@ exit codes: 0 done or stopped cleanly; 2 bad input (spec, endpoints, objective);
 
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("store", "the password is read only from the environment: HPO_KEYDB_PASSWORD")
+    g = p.add_argument_group("store", "the user and password are read only from the environment: HPO_KEYDB_USERNAME,"
+                            " HPO_KEYDB_PASSWORD")
     g.add_argument("--endpoints", default=os.environ.get("HPO_KEYDB_ENDPOINTS"),
                    help="every master, host:port comma-separated, inventory order (env HPO_KEYDB_ENDPOINTS)")
     g.add_argument("--namespace", default=os.environ.get("HPO_NAMESPACE", "hpo"),
@@ -86,7 +88,7 @@ def _store(args: argparse.Namespace):
     if not args.endpoints:
         raise ValueError("no store given: set --endpoints or HPO_KEYDB_ENDPOINTS (host:port,host:port)")
     return Store(parse_endpoints(args.endpoints), password=os.environ.get("HPO_KEYDB_PASSWORD") or None,
-                 namespace=args.namespace)
+                 namespace=args.namespace, username=os.environ.get("HPO_KEYDB_USERNAME") or None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,6 +96,9 @@ _STATE_RE = re.compile(r'\{"op_code": 6, "worker_id": (' + _S + r'), "trial_id":
 _USER_ATTR_RE = re.compile(r'\{"op_code": 8, "worker_id": ' + _S + r', "trial_id": (\d+), "user_attr": \{"(hpo)?')
 
 
+# The hpo user attr as a worker first sets it (before any extra key is added)
+_HPO_RE = re.compile(r'\{"host": "([^"\\]*)", "pid": (\d+), "token": "([^"\\]*)"\}')
+
 _OP_PREFIX = {f'{{"op_code": {n},': n for n in range(10)}
 
 
@@ -161,10 +164,13 @@ class Replay:
 
     def feed(self, raws: Iterable[str]) -> Replay:
         """Replay raw entries; the common shapes of trial creation, state change and user
-        attr are matched without decoding the whole entry (json.loads is the slow part)."""
+        attr are matched without decoding the whole entry (json.loads is the slow part).
+        Same rules as :meth:`apply`, written out inline: this loop is the report's hot path."""
         loads, skip, apply, ops = json.loads, self._skip, self.apply, _OP_PREFIX
         create_re, state_re, attr_re = _CREATE_TRIAL_RE.fullmatch, _STATE_RE.fullmatch, _USER_ATTR_RE.match
+        hpo_re = _HPO_RE.fullmatch
         trials, owner, want_values = self.trials, self.owner, self.want_values
+        per_study, study_names, new_trial = self._per_study, self.study_names, trials.append
         for raw in raws:
             op = ops.get(raw[:14])
             if op is None:
@@ -175,19 +181,27 @@ class Replay:
                 m = state_re(raw)
                 if m is not None:
                     wid, tid, st, vals, which, when = m.groups()
-                    tid, st = int(tid), int(st)
-                    if st == RUNNING and tid not in owner:
-                        owner[tid] = _string(wid)
-                    if tid >= len(trials):
-                        continue
-                    t = trials[tid]
-                    if t.state in FINISHED or (st == RUNNING and t.state == RUNNING):
-                        continue  # finished trials are not updatable; a popped trial taken by another first
-                    if st == RUNNING:
+                    tid = int(tid)
+                    if st == "0":
+                        if tid not in owner:
+                            owner[tid] = wid[1:-1] if "\\" not in wid else loads(wid)
+                        if tid >= len(trials):
+                            continue
+                        t = trials[tid]
+                        if t.state != WAITING:
+                            continue  # finished trials are not updatable; a popped trial taken by another first
                         t.start = when if which == "start" else None
-                    elif st in FINISHED:
-                        t.complete = when if which == "complete" else None
-                    t.state = st
+                        t.state = RUNNING
+                    else:
+                        if tid >= len(trials):
+                            continue
+                        t = trials[tid]
+                        if t.state != RUNNING and t.state != WAITING:
+                            continue  # finished trials are not updatable
+                        st = int(st)
+                        if st in FINISHED:
+                            t.complete = when if which == "complete" else None
+                        t.state = st
                     if want_values and vals != "null":
                         t.values = loads(vals)
                     continue
@@ -195,7 +209,12 @@ class Replay:
                 m = create_re(raw)
                 if m is not None:
                     wid, sid, start = m.groups()
-                    self._new_trial(int(sid), RUNNING, start, None, _string(wid))
+                    sid = int(sid)
+                    if sid < len(study_names):
+                        tid = len(trials)
+                        new_trial(Trial(tid, per_study[sid], sid, RUNNING, start, None))
+                        per_study[sid] += 1
+                        owner[tid] = wid[1:-1] if "\\" not in wid else loads(wid)
                     continue
             elif op == SET_TRIAL_USER_ATTR:
                 m = attr_re(raw)
@@ -204,10 +223,16 @@ class Replay:
                         continue  # another user attr than hpo: nothing to keep
                     tid = int(m.group(1))
                     if raw.endswith("}}}") and tid < len(trials):
-                        if trials[tid].state not in FINISHED:
-                            h = loads(raw[m.end() + 3:-2])  # the value of "hpo" alone
-                            if isinstance(h, dict):
-                                trials[tid].hpo = h
+                        t = trials[tid]
+                        if t.state == RUNNING or t.state == WAITING:
+                            h = raw[m.end() + 3:-2]  # the value of "hpo" alone
+                            hm = hpo_re(h)
+                            if hm is not None:
+                                t.hpo = {"host": hm[1], "pid": int(hm[2]), "token": hm[3]}
+                            else:
+                                h = loads(h)
+                                if isinstance(h, dict):
+                                    t.hpo = h
                         continue
             apply(loads(raw))
         return self

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from . import journal
 from .backend import FencedJournalBackend
 from .spec import StudySpec
-from .store import Store
+from .store import FAILOVER_SPREAD, Store
 
 log = logging.getLogger("hpo_worker")
 
@@ -51,9 +51,11 @@ class Reaper:
 
         A trial whose owner's heartbeat is refreshed belongs to a live worker, which finishes
         it. One whose heartbeat expires (or is gone) is reaped here. Reaping pauses for
-        heartbeat_ttl after connecting, and a worker that died just now keeps its key for up
-        to heartbeat_ttl, so this waits at most heartbeat_ttl + 2 x heartbeat_interval."""
-        deadline = time.monotonic() + self.spec.heartbeat_ttl + 2 * self.spec.heartbeat_interval
+        heartbeat_ttl after connecting (and FAILOVER_SPREAD more after a failover), and a worker
+        that died just now keeps its key for up to heartbeat_ttl, so this waits at most
+        heartbeat_ttl + 2 x heartbeat_interval (plus FAILOVER_SPREAD after a recent failover)."""
+        pause = self.spec.heartbeat_ttl + 2 * self.spec.heartbeat_interval
+        deadline = max(time.monotonic(), self.store.failover_at + FAILOVER_SPREAD) + pause
         last: dict[str, int] = {}
         alive: set[str] = set()
         while not self.stop_event.is_set():
@@ -84,6 +86,8 @@ class Reaper:
         self._last_reap = now
         if now - self.store.adopted_at < self.spec.heartbeat_ttl:
             return 0  # heartbeats may not have reached a just-promoted master yet
+        if now - self.store.failover_at < self.spec.heartbeat_ttl + FAILOVER_SPREAD:
+            return 0  # other workers may not have found the new writer yet: no heartbeat of theirs can
         reaped = 0
         for t, owner in self._expired(study, backend):
             attrs = t.user_attrs.get("hpo", {})

@@ -136,6 +136,19 @@ class StudySpec:
     def fingerprint(self, params: dict[str, Any]) -> str:
         return params_fingerprint(self.canonical_params(params))
 
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Draw every param of the space on ``trial``; the values in canonical form."""
+        out = {}
+        for p in self.space:
+            if p.kind == "int":
+                v = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            elif p.kind == "float":
+                v = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+            else:
+                v = trial.suggest_categorical(p.name, list(p.choices))
+            out[p.name] = p.canonical(v)
+        return out
+
     def build_sampler(self, worker_key: str | None = None) -> optuna.samplers.BaseSampler:
         """The spec's sampler. With a seed and a ``worker_key`` (host and process index),
         each worker gets its own seed derived from both, so workers do not all draw the

@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,18 @@ from redis.retry import Retry
 log = logging.getLogger("hpo_worker.store")
 
 CONNECT_TIMEOUT = 2.0
+_AUTH_HINT = "set HPO_KEYDB_USERNAME and HPO_KEYDB_PASSWORD"
 SOCKET_TIMEOUT = 5.0
+# A probe asks three cheap questions; a master that takes longer than this to answer
+# them is treated as unreachable for this look (a host that hung or lost power).
+PROBE_TIMEOUT = 2.0
+# How much later than another worker a worker may adopt a new writer after a failover
+# (it notices the failure up to one socket timeout later, and its election may wait on
+# two probes of the master that went away): reaping waits this long on top of the TTL.
+FAILOVER_SPREAD = SOCKET_TIMEOUT + 2 * PROBE_TIMEOUT + 1.0
+# A replica whose last acknowledgement is older than this (seconds, INFO's lag) is not
+# waited for: a powered-off standby stays "connected" until the master's repl-timeout.
+REPLICA_LAG_MAX = 3
 READ_CHUNK = 20_000
 
 # ---------------------------------------------------------------- Lua scripts
@@ -218,6 +230,20 @@ def claim_json(owner: str, state: str, trial: int, host: str, **extra: Any) -> s
     return json.dumps({"owner": owner, "state": state, "trial": trial, "host": host, **extra})
 
 
+def live_replicas(info: dict[str, Any]) -> int:
+    """Replicas worth a WAIT, from INFO replication: online, and heard from within
+    REPLICA_LAG_MAX seconds (redis-py parses each ``slaveN`` line into a dict)."""
+    n = 0
+    for i in range(int(info.get("connected_slaves", 0))):
+        replica = info.get(f"slave{i}")
+        if isinstance(replica, dict):
+            if replica.get("state") == "online" and int(replica.get("lag", 0)) <= REPLICA_LAG_MAX:
+                n += 1
+        else:  # a reply shape we do not know: count it, as connected_slaves does
+            n += 1
+    return n
+
+
 def _map_error(exc: redis.ResponseError) -> Exception:
     if str(exc).startswith("HPOFENCED"):
         return Fenced(str(exc))
@@ -242,17 +268,21 @@ class Store:
     Thread-safe: the heartbeat thread and the main thread share one Store.
     """
 
-    def __init__(self, endpoints: list[str], password: str | None = None, namespace: str = "hpo") -> None:
+    def __init__(self, endpoints: list[str], password: str | None = None, namespace: str = "hpo",
+                 username: str | None = None) -> None:
         self.endpoints = list(endpoints)
         self.password = password
+        self.username = username  # an ACL user (docs/security.md); None: the default user
         self.ns = namespace
         self._lock = threading.RLock()  # held by elections only; fenced calls never wait on it
         self._clients: dict[str, redis.Redis] = {}
+        self._probe_clients: dict[str, redis.Redis] = {}
         self.record: str = ""  # "EPOCH HOST:PORT" we write under
         self.writer: redis.Redis | None = None
         self.generation = 0  # bumps on every change of writer
         self.replicas = 0
         self.adopted_at = 0.0  # time.monotonic() of the last change of writer
+        self.failover_at = 0.0  # ... of the last change from one writer to another
         self._state: tuple[str, dict[str, Any]] = ("", {})
         # journal key -> (entries read, the last of them): every journal write checks it
         self.journal_pos: dict[str, tuple[int, str]] = {}
@@ -265,7 +295,7 @@ class Store:
         """Picklable (a JournalStorage on this store can go to a process pool): the lock and
         the connections stay behind; the copy reconnects to the same writer on first use."""
         state = dict(self.__dict__)
-        state.update(_lock=None, _clients={}, writer=None, _state=(self.record, {}))
+        state.update(_lock=None, _clients={}, _probe_clients={}, writer=None, _state=(self.record, {}))
         state["_writer_endpoint"] = self._writer_endpoint_now()
         return state
 
@@ -284,17 +314,21 @@ class Store:
 
     # ------------------------------------------------------------ connections
     def client(self, endpoint: str) -> redis.Redis:
-        c = self._clients.get(endpoint)
+        return self._client(self._clients, endpoint, SOCKET_TIMEOUT)
+
+    def _client(self, pool: dict[str, redis.Redis], endpoint: str, timeout: float) -> redis.Redis:
+        c = pool.get(endpoint)
         if c is None:
             host, _, port = endpoint.rpartition(":")
-            c = redis.Redis(host=host, port=int(port), password=self.password, decode_responses=True,
-                            socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
+            c = redis.Redis(host=host, port=int(port), username=self.username, password=self.password,
+                            decode_responses=True,
+                            socket_connect_timeout=min(CONNECT_TIMEOUT, timeout), socket_timeout=timeout,
                             health_check_interval=0, retry=Retry(NoBackoff(), 0))
-            self._clients[endpoint] = c
+            pool[endpoint] = c
         return c
 
     def close(self) -> None:
-        for c in self._clients.values():
+        for c in [*self._clients.values(), *self._probe_clients.values()]:
             try:
                 c.close()
             except Exception:  # noqa: BLE001 - closing best effort
@@ -303,7 +337,7 @@ class Store:
     def _probe(self, endpoint: str) -> Probe | None:
         """What a master says (record, role, progress), or None when unreachable."""
         try:
-            c = self.client(endpoint)
+            c = self._client(self._probe_clients, endpoint, PROBE_TIMEOUT)
             pipe = c.pipeline(transaction=False)
             pipe.get(self.k_writer)
             pipe.execute_command("ROLE")
@@ -312,19 +346,28 @@ class Store:
             epoch, named = parse_record(rec)
             return Probe(endpoint, epoch, named, rec, role_kind(role), int(seq or 0))
         except redis.AuthenticationError as exc:
-            raise StoreAuthError(f"{endpoint} refused the password (set HPO_KEYDB_PASSWORD): {exc}") from None
+            raise StoreAuthError(f"{endpoint} refused the user or password ({_AUTH_HINT}): {exc}") from None
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                raise StoreAuthError(f"{endpoint} refused the password (set HPO_KEYDB_PASSWORD): {exc}") from None
+                raise StoreAuthError(f"{endpoint} refused the user or password ({_AUTH_HINT}): {exc}") from None
             log.warning("endpoint %s unreachable: %r", endpoint, exc)
             return None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("endpoint %s unreachable: %r", endpoint, exc)
             return None
 
-    def _probe_all(self) -> dict[str, Probe]:
-        probes = {ep: self._probe(ep) for ep in self.endpoints}
-        return {ep: p for ep, p in probes.items() if p is not None}
+    def _probe_all(self, endpoints: list[str] | None = None) -> dict[str, Probe]:
+        """What every master (or those given) says, asked in parallel: a master that does
+        not answer costs one PROBE_TIMEOUT, not one per master."""
+        endpoints = self.endpoints if endpoints is None else endpoints
+        for ep in endpoints:  # the clients are made here, in one thread, before the pool asks
+            self._client(self._probe_clients, ep, PROBE_TIMEOUT)
+        if len(endpoints) <= 1:
+            probes = [self._probe(ep) for ep in endpoints]
+        else:
+            with ThreadPoolExecutor(max_workers=len(endpoints), thread_name_prefix="probe") as pool:
+                probes = list(pool.map(self._probe, endpoints))
+        return {ep: p for ep, p in zip(endpoints, probes) if p is not None}
 
     # ------------------------------------------------------------ election
     def elect(self, failed: str | None = None, wait: float = 60.0, stop: threading.Event | None = None,
@@ -337,8 +380,12 @@ class Store:
         """
         deadline = time.monotonic() + wait
         delay = 0.2
+        generation = self.generation
         while True:
             with self._lock:
+                if self.generation != generation and self.writer is not None and (self.record or not promote):
+                    # another thread of this process elected while we waited for the lock
+                    return self.record
                 reachable = self._probe_all()
                 if promote:
                     rec = self._elect_once(reachable)
@@ -389,9 +436,9 @@ class Store:
         named = parse_record(next(iter(top_records)))[1] if len(top_records) == 1 else ""
         found = self._writer_of(reachable)
         if found is None and named in reachable:
-            # The record names a master that answered without holding it. Probes are
-            # sequential: it may have been promoted just after we asked it. Ask again;
-            # if it still does not hold it, the records were crossed by replication.
+            # The record names a master that answered without holding it. Each master was
+            # asked at its own moment: it may have been promoted just after we asked it. Ask
+            # again; if it still does not hold it, the records were crossed by replication.
             time.sleep(0.2)
             again = self._probe(named)
             if again is not None:
@@ -433,7 +480,8 @@ class Store:
                 log.warning("%s is the writer now (epoch %s, was %r)", cand.endpoint, new.split()[0],
                             cand.record)  # logged by every worker of a race: they all set the same record
             # someone else may have won the race: adopt whatever the masters agree on now
-            found = self._writer_of(self._probe_all())
+            # (asking again only those that answered: one that did not would cost a timeout)
+            found = self._writer_of(self._probe_all(list(reachable)))
             if found is not None:
                 self._adopt(*found)
                 return found[1]
@@ -457,6 +505,8 @@ class Store:
             self.record = rec
             self._connect(endpoint)
             self.adopted_at = time.monotonic()
+            if self.generation > 0:
+                self.failover_at = self.adopted_at
             self.generation += 1
             log.info("writer: %s (replicas connected: %d)", rec or f"{endpoint} (read only)", self.replicas)
 
@@ -467,8 +517,7 @@ class Store:
                    (("append", APPEND), ("hb", HEARTBEAT), ("claim", CLAIM),
                     ("update_claim", UPDATE_CLAIM), ("end", END_TRIAL))}
         try:
-            info = writer.info("replication")
-            self.replicas = int(info.get("connected_slaves", 0))
+            self.replicas = live_replicas(writer.info("replication"))
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
             self.replicas = 0
         self.writer = writer
@@ -559,7 +608,7 @@ class Store:
     def refresh_replicas(self) -> None:
         """Re-read how many replicas the writer has (a standby may have joined or left)."""
         try:
-            self.replicas = int(self.writer.info("replication").get("connected_slaves", 0))
+            self.replicas = live_replicas(self.writer.info("replication"))
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
             pass
 

@@ -82,12 +82,12 @@ def _run_child(make_worker: Callable[[int], Worker], index: int) -> int:
     signal.signal(signal.SIGTERM, remember)
     signal.signal(signal.SIGINT, remember)
     worker = make_worker(index)
-    worker.install_signal_handlers()
+    worker.signals.install()
     if signal.SIGTERM in early or early.count(signal.SIGINT) > 1:
-        worker.stop_event.set()
+        worker.signals.stop_event.set()
     elif early:
-        worker.stop_after_trial = True
-    if worker.stop_event.is_set() or worker.stop_after_trial:
+        worker.signals.stop_after_trial = True
+    if worker.signals.stop_event.is_set() or worker.signals.stop_after_trial:
         log.warning("stop requested while starting; exiting")
         return 0
     return worker.run()

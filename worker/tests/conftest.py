@@ -6,6 +6,7 @@ KeyDB active replicas (see README "What only KeyDB's active replication gives").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,9 +32,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The workers' ACL user as roles/keydb configures it (keydb_worker_user): its
+# rules are read from the role, so the tests exercise what the nodes get.
+WORKER_USER = "hpo-worker"
+WORKER_PASSWORD = "worker-pass-Vt5"
+
+
+def worker_acl_rules() -> list[str]:
+    role_vars = yaml.safe_load((HERE.parent.parent / "roles" / "keydb" / "vars" / "main.yml").read_text())
+    return role_vars["_keydb_worker_acl_rules"].split()
+
+
+def worker_user_args() -> list[str]:
+    """Server arguments that define the workers' user, like the `user` line of keydb.conf."""
+    digest = hashlib.sha256(WORKER_PASSWORD.encode()).hexdigest()
+    return ["--user", WORKER_USER, "on", f"#{digest}", *worker_acl_rules()]
+
+
 class RedisProc:
     def __init__(self, workdir: Path, name: str, replicaof: RedisProc | None = None,
-                 persist: bool = False) -> None:
+                 persist: bool = False, extra_args: list[str] | None = None) -> None:
+        self.extra_args = list(extra_args or [])
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -54,6 +73,7 @@ class RedisProc:
                 "--logfile", str(self.dir / "redis.log"), "--daemonize", "no"]
         if replicaof:
             args += ["--replicaof", "127.0.0.1", str(replicaof.port)]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while True:
@@ -89,8 +109,9 @@ class RedisProc:
 def servers(tmp_path):
     made: list[RedisProc] = []
 
-    def make(name: str = "r", replicaof: RedisProc | None = None, persist: bool = False) -> RedisProc:
-        r = RedisProc(tmp_path, f"{name}{len(made)}", replicaof, persist)
+    def make(name: str = "r", replicaof: RedisProc | None = None, persist: bool = False,
+             extra_args: list[str] | None = None) -> RedisProc:
+        r = RedisProc(tmp_path, f"{name}{len(made)}", replicaof, persist, extra_args)
         made.append(r)
         return r.start()
 
@@ -127,8 +148,8 @@ def worker_env(eval_log: Path, sleep: float = 0.0, **extra: str) -> dict[str, st
 
 
 def start_worker(spec: Path, endpoints: list[str], env: dict, host: str = "h1", processes: int = 1,
-                 log: Path | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hpo_worker", "run", str(spec), "--endpoints", ",".join(endpoints),
+                 log: Path | None = None, python: str = sys.executable) -> subprocess.Popen:
+    cmd = [python, "-m", "hpo_worker", "run", str(spec), "--endpoints", ",".join(endpoints),
            "--code-dir", str(HERE), "--host-label", host, "--processes", str(processes)]
     out = open(log, "ab") if log else subprocess.DEVNULL
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -219,6 +240,7 @@ class KeyDBProc(RedisProc):
                 "--server-threads", "2"]
         for p in self.peers:
             args += ["--replicaof", "127.0.0.1", str(p.port)]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._answers, 15, f"keydb-server on {self.port} (see {self.dir}/keydb.log)")
         return self
@@ -241,10 +263,11 @@ def keydb_group(tmp_path):
     bindir = keydb_bin()
     made: list[KeyDBProc] = []
 
-    def make(n: int = 2) -> list[KeyDBProc]:
+    def make(n: int = 2, extra_args: list[str] | None = None) -> list[KeyDBProc]:
         group = [KeyDBProc(tmp_path, f"k{len(made) + i}", bindir) for i in range(n)]
         for k in group:
             k.peers = [o for o in group if o is not k]
+            k.extra_args = list(extra_args or [])
         made.extend(group)
         for k in group:
             k.start()

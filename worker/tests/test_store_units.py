@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hpo_worker.store import parse_endpoints, parse_record, role_kind
+from hpo_worker.store import REPLICA_LAG_MAX, live_replicas, parse_endpoints, parse_record, role_kind
 
 KEYDB = Path(__file__).parent / "fixtures" / "keydb"
 
@@ -28,6 +28,21 @@ def test_real_keydb_info_replication_counts_its_peers_as_replicas():
     info = parse_info((KEYDB / "info-replication-3-masters.txt").read_text())
     assert info["role"] == "active-replica"
     assert int(info["connected_slaves"]) == 2
+    assert live_replicas(info) == 2
+
+
+def test_a_replica_not_heard_from_is_not_waited_for():
+    """From the real reply: a peer whose last acknowledgement is older than REPLICA_LAG_MAX
+    (one that lost power stays listed until repl-timeout) is not counted for WAIT."""
+    from redis._parsers.helpers import parse_info
+
+    text = (KEYDB / "info-replication-3-masters.txt").read_text()
+    info = parse_info(text)
+    assert live_replicas(info) == 2
+    first = info["slave0"]
+    stale = text.replace(f"lag={first['lag']}", f"lag={REPLICA_LAG_MAX + 7}", 1)
+    assert live_replicas(parse_info(stale)) == 1
+    assert live_replicas(parse_info(text.replace("state=online", "state=wait_bgsave", 1))) == 1
 
 
 @pytest.mark.parametrize("reply, kind", [

@@ -10,23 +10,18 @@ nodes with the server's own client; the password travels in REDISCLI_AUTH.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-import testinfra
 from keydb_replies import all_links_up, master_links, parse_info, parse_role, replicas, role_from_cli
-from testinfra.utils.ansible_runner import AnsibleRunner
 
-PROJECT = Path(__file__).resolve().parents[3]
-INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
-RUNNER = AnsibleRunner(INVENTORY)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
+from verify_helpers import INVENTORY, RUNNER, ansible_playbook, node, poll  # noqa: E402
+
 NODES = sorted(RUNNER.get_hosts("keydb"))
 testinfra_hosts = [f"ansible://{name}?ansible_inventory={INVENTORY}" for name in NODES]
 
@@ -40,10 +35,6 @@ DATA_DIR = f"/var/lib/{ENGINE}"
 PRIMARY = NODES[0]  # engines valkey, redis: the first host of the group
 INITIAL = VARS[NODES[0]].get("keydb_test_initial_members", [])
 KEYS_PER_WRITER = 100
-
-
-def node(name: str):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
 
 def address(name: str) -> str:
@@ -62,15 +53,6 @@ def info_replication(name: str) -> dict:
     out = cli(name, "INFO", "replication")
     assert out.rc == 0, out.stderr
     return parse_info(out.stdout)
-
-
-def wait_for(check, timeout: float = 30.0, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def test_service_enabled_and_running(host) -> None:
@@ -146,7 +128,7 @@ def replication_problems() -> dict:
 
 
 def test_every_replication_link_is_up() -> None:
-    wait_for(lambda: not replication_problems(), timeout=30)
+    poll(lambda: not replication_problems(), timeout=30)
     assert replication_problems() == {}
 
 
@@ -179,7 +161,7 @@ def test_keys_written_before_the_join_are_on_every_node() -> None:
     for name in NODES:
         for writer in writers:
             pattern = f"before-join:{writer}:*"
-            wait_for(lambda n=name, p=pattern: count_keys(n, p) == KEYS_PER_WRITER, timeout=20)
+            poll(lambda n=name, p=pattern: count_keys(n, p) == KEYS_PER_WRITER, timeout=20)
             got = count_keys(name, pattern)
             assert got == KEYS_PER_WRITER, f"{name}: {got} of {KEYS_PER_WRITER} keys from {writer}"
 
@@ -192,7 +174,7 @@ def test_a_write_is_read_back_on_every_other_node() -> None:
         for reader in NODES:
             if reader == writer:
                 continue
-            got = wait_for(lambda r=reader, k=key, v=value: cli(r, "GET", k).stdout.strip() == v, timeout=15)
+            got = poll(lambda r=reader, k=key, v=value: cli(r, "GET", k).stdout.strip() == v, timeout=15)
             assert got, f"{key} written on {writer} not readable on {reader}"
 
 
@@ -220,14 +202,6 @@ def test_adding_a_node_restarts_only_what_must_change() -> None:
             assert now != before, f"{name} did not pick up the new peer"
 
 
-def ansible_playbook(*args: str) -> subprocess.CompletedProcess:
-    playbook = Path(sys.executable).with_name("ansible-playbook")
-    return subprocess.run(
-        [str(playbook), "-i", INVENTORY, *args, str(PROJECT / "playbooks" / "keydb.yml")],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600, check=False,
-    )
-
-
 @pytest.mark.skipif(ENGINE == "keydb", reason="failover by promotion concerns primary + replicas (valkey, redis)")
 def test_failover_drill_promoted_replica_is_not_demoted_by_a_rerun() -> None:
     """What the worker does when the Redis primary dies (REPLICAOF NO ONE on
@@ -240,14 +214,14 @@ def test_failover_drill_promoted_replica_is_not_demoted_by_a_rerun() -> None:
     key, value = "after-failover", uuid.uuid4().hex
     assert cli(promoted, "SET", key, value).stdout.strip() == "OK"
 
-    refused = ansible_playbook()
+    refused = ansible_playbook("keydb.yml")
     assert refused.returncode != 0
     out = refused.stdout + refused.stderr
     assert f"host(s) {promoted} run as the Redis primary since a failover" in out, out[-3000:]
     assert f"Set keydb_redis_primary: {promoted}" in out
     assert cli(promoted, "GET", key).stdout.strip() == value, "the refused run changed the promoted primary"
 
-    moved = ansible_playbook("-e", f"keydb_redis_primary={promoted}")
+    moved = ansible_playbook("keydb.yml", "-e", f"keydb_redis_primary={promoted}")
     assert moved.returncode == 0, (moved.stdout + moved.stderr)[-3000:]
 
     def follow_promoted() -> bool:
@@ -260,9 +234,9 @@ def test_failover_drill_promoted_replica_is_not_demoted_by_a_rerun() -> None:
                 return False
         return True
 
-    assert wait_for(follow_promoted, timeout=30), {n: info_replication(n) for n in NODES}
+    assert poll(follow_promoted, timeout=30), {n: info_replication(n) for n in NODES}
     for name in NODES:
-        assert wait_for(lambda n=name: cli(n, "GET", key).stdout.strip() == value, timeout=15), name
+        assert poll(lambda n=name: cli(n, "GET", key).stdout.strip() == value, timeout=15), name
         assert count_keys(name, f"before-join:{INITIAL[0]}:*") == KEYS_PER_WRITER, name
 
 
@@ -331,7 +305,7 @@ def test_a_returning_node_starts_empty_and_resyncs() -> None:
 
     start = h.run("systemctl start keydb-server")
     assert start.rc == 0, start.stderr + h.run("journalctl -u keydb-server -n 30 --no-pager").stdout
-    assert wait_for(lambda: cli(returning, "GET", new_key).stdout.strip() == new_value, timeout=30), \
+    assert poll(lambda: cli(returning, "GET", new_key).stdout.strip() == new_value, timeout=30), \
         f"{returning} did not resync the write made while it was down"
     assert cli(returning, "GET", old_key).stdout.strip() == old_value  # came back through the resync
     added = set(h.run(f"ls {stale}").stdout.split()) - before
@@ -341,5 +315,5 @@ def test_a_returning_node_starts_empty_and_resyncs() -> None:
     journal = h.run("journalctl -u keydb-server --no-pager -n 200").stdout
     assert f"keydb-rejoin-guard: peer {address(survivor)}:{PORT} is serving data" in journal or \
         "is serving data: moved local" in journal, journal[-2000:]
-    wait_for(lambda: not replication_problems(), timeout=30)
+    poll(lambda: not replication_problems(), timeout=30)
     assert replication_problems() == {}

@@ -36,6 +36,9 @@ HEAD = RUNNER.get_hosts("ray_head")[0]
 WORKERS = sorted(RUNNER.get_hosts("ray_workers"))
 NEW = "ray-4"
 VENV = "/opt/ray/venv"
+# Ray runs with token authentication: every Ray command here first reads the
+# node's RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH (the token stays in its file).
+RAY_AUTH_ENV = "/etc/ray/auth.env"
 
 # Runs as the ray user on the head: one task pinned to each alive node by its
 # node:<ip> resource, and one task per custom resource named on the command
@@ -79,6 +82,11 @@ def node(name: str):
     return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
 
+def with_ray_auth(command: str) -> str:
+    """COMMAND (run as root) with the node's Ray authentication settings."""
+    return f"bash -c {shlex.quote(f'set -a; . {RAY_AUTH_ENV}; set +a; {command}')}"
+
+
 def hostvars(name: str) -> dict:
     return RUNNER.get_variables(name)
 
@@ -115,7 +123,7 @@ def wait_for_status(nodes: int, totals: dict, timeout: float = 150) -> tuple[int
     deadline = time.monotonic() + timeout
     seen: tuple[int, dict] = (0, {})
     while time.monotonic() < deadline:
-        out = head.run(f"{VENV}/bin/ray status --address {head_address()}")
+        out = head.run(with_ray_auth(f"{VENV}/bin/ray status --address {head_address()}"))
         if out.rc == 0 and "Active:" in out.stdout:
             seen = parse_status(out.stdout)
             got = {k: v for k, v in seen[1].items() if k in totals}
@@ -131,7 +139,7 @@ def run_job(*resources: str) -> dict:
         f"cd /var/lib/ray && runuser -u ray -- env HOME=/var/lib/ray "
         f"{VENV}/bin/python -c {script} {head_address()} {' '.join(resources)}"
     )
-    out = node(HEAD).run(cmd)
+    out = node(HEAD).run(with_ray_auth(cmd))
     assert out.rc == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -256,7 +264,8 @@ def record(**figures) -> None:
 
 def gcs_nodes() -> list[dict] | None:
     """Every node the head's GCS knows, or None while it does not answer."""
-    out = node(HEAD).run(f"{VENV}/bin/python -c {shlex.quote(NODES_JOB)} {head_address()}")
+    out = node(HEAD).run(with_ray_auth(
+        f"{VENV}/bin/python -c {shlex.quote(NODES_JOB)} {head_address()}"))
     if out.rc != 0:
         return None
     try:
@@ -306,6 +315,46 @@ def test_every_node_runs_the_health_timer_and_joins_before_it_counts_as_started(
         assert "ray_node_alive.py" in post and ip_of(name) in post, post
         env = host.check_output("systemctl show ray -p Environment")
         assert "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=30" in env, env
+        # The check is a Ray client: it reads the token settings as Ray does.
+        for unit in ("ray", "ray-health.service"):
+            files = host.check_output(f"systemctl show {unit} -p EnvironmentFiles")
+            assert RAY_AUTH_ENV in files, (name, unit, files)
+
+
+def health_runs(name: str) -> list[dict]:
+    """What every run of NAME's health check printed (one JSON line each)."""
+    out = node(name).check_output("journalctl -u ray-health.service -o cat --no-pager")
+    return [json.loads(line) for line in out.splitlines() if line.startswith('{"state"')]
+
+
+def test_the_health_check_sees_every_healthy_node_alive_and_restarts_nothing():
+    # Up to here no Ray process died: every check must have found its node
+    # alive (or starting, while a test restarted it). A check that could not
+    # authenticate would say broken (the head: then it kills it every tick),
+    # refused, or that the GCS does not answer.
+    deadline = time.monotonic() + 45  # ray-3 restarted just now: 3 more ticks
+    for name in MEMBERS:
+        runs = health_runs(name)
+        while [r["state"] for r in runs[-3:]] != ["alive"] * 3 and time.monotonic() < deadline:
+            time.sleep(3)
+            runs = health_runs(name)
+        assert [r["state"] for r in runs[-3:]] == ["alive"] * 3, (name, runs[-3:])
+        wrong = [r for r in runs if r["state"] not in ("alive", "idle") or r["healed"]
+                 or "does not answer" in r["reason"]]
+        assert not wrong, (name, wrong)
+    record(**{"health checks on the healthy cluster, all alive":
+              sum(len(health_runs(n)) for n in MEMBERS)})
+
+
+def test_a_health_check_without_the_token_leaves_the_head_alone():
+    before = unit_identity(HEAD)
+    # No auth.env: the check reaches the GCS without a token.
+    done = node(HEAD).run(f"{VENV}/bin/python /opt/ray/ray_health.py --heal ray.service head "
+                          f"{head_address()} {ip_of(HEAD)}")
+    assert done.rc == 4, (done.rc, done.stdout, done.stderr)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["state"] == "refused", done.stdout
+    assert unit_identity(HEAD) == before
+    assert node(HEAD).service("ray").is_running
 
 
 # Faults of the workers, one per worker at the same time (each measured on
@@ -422,10 +471,11 @@ def test_systemctl_stop_drains_the_node_then_stops_it_alone():
     # Detached (setsid, stdin from /dev/null): otherwise the remote command
     # returns only when the driver ends, after the task, and nothing is left
     # to drain.
-    head.run(
+    # runuser keeps the token settings; the ray user may read the token file.
+    head.run(with_ray_auth(
         f"cd /var/lib/ray && setsid nohup runuser -u ray -- env HOME=/var/lib/ray {VENV}/bin/python "
         f"-c {script} {head_address()} {ip_of(NEW)} {task_s} "
-        f"< /dev/null > /tmp/drain-test.out 2>&1 &")
+        f"< /dev/null > /tmp/drain-test.out 2>&1 &"))
     # On the node itself: stop Ray as soon as the task runs; print how long
     # the task had run then and how long the stop took.
     stop = host.run(

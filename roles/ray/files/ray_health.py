@@ -11,6 +11,9 @@ one JSON line: {"state": ..., "reason": ...}. Exit status:
      (re)starting it;
   3  running but not alive (the reason says why); with --heal, Ray was killed
      and systemd starts it again (the unit's Restart=);
+  4  the GCS refused this check's credentials (token authentication): the
+     check could not tell, so it leaves Ray alone (killing Ray would not
+     give the check a token; see RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH);
   2  usage or an error of this script.
 
 `ray start --block` exits (and systemd restarts it) when one of its Ray
@@ -36,12 +39,18 @@ ExecStartPost runs, so an active unit has joined at least once.
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 HEALED = 3
+REFUSED = 4
+# How Ray reports a missing or wrong token: gRPC status UNAUTHENTICATED
+# (or PERMISSION_DENIED), or its own "no authentication token was found".
+AUTH_ERROR = re.compile(r"unauthenticated|permission.denied|authentication token", re.I)
 
 
 def unit_state(unit: str) -> dict[str, str]:
@@ -101,7 +110,7 @@ def alive_node_ips(gcs_address: str) -> list[str]:
 
 
 def diagnose(unit: str, kind: str, gcs_address: str, node_ip: str) -> tuple[str, str]:
-    """(state, reason); state is alive, idle, or broken."""
+    """(state, reason); state is alive, idle, broken, or refused."""
     state = unit_state(unit)
     active = state.get("ActiveState", "")
     if state.get("LoadState") != "loaded":
@@ -120,6 +129,11 @@ def diagnose(unit: str, kind: str, gcs_address: str, node_ip: str) -> tuple[str,
             raise ConnectionError("nothing listens on its port")
         alive = alive_node_ips(gcs_address)
     except Exception as exc:  # noqa: BLE001 - any GCS error means "not reachable"
+        if AUTH_ERROR.search(str(exc)):
+            return "refused", (f"the GCS at {gcs_address} refused this check's credentials "
+                               f"(RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')}, "
+                               f"RAY_AUTH_TOKEN_PATH={os.environ.get('RAY_AUTH_TOKEN_PATH', 'unset')}): "
+                               f"{str(exc).strip()[:300]}; left alone")
         if kind == "head":
             return "broken", f"the head's own GCS at {gcs_address} does not answer: {exc}"
         return "idle", f"the head's GCS at {gcs_address} does not answer ({exc}); waiting for it"
@@ -160,6 +174,9 @@ def main(argv: list[str]) -> int:
         print(f"{unit}: {reason}" + ("; killed it, systemd starts it again" if healed else ""),
               file=sys.stderr)
         return HEALED
+    if state == "refused":
+        print(f"{unit}: {reason}", file=sys.stderr)
+        return REFUSED
     return 0
 
 

@@ -12,7 +12,7 @@ import time
 
 
 def objective(params):
-    time.sleep(0.5)
+    time.sleep(1.5)  # slow enough that the study outlasts the verifier's faults
     value = float(params["x"] + params["y"])
     line = json.dumps({"params": params, "value": value, "host": socket.gethostname(), "t": time.time()})
     fd = os.open("evals.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -1,0 +1,323 @@
+"""Verifier of the security scenario: secure by default, on the real nodes
+that site.yml converged (sec-1 head + store primary, sec-2 worker + replica).
+
+The outsider is this machine: its address on the scenario's bridge is no
+inventory member. Every figure (listening sockets per node, what an
+unauthenticated client gets from each port) is printed and written to
+.cache/security-figures.json in the project directory. The tests run in file
+order; the last one rotates the Ray token and puts the original one back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
+from verify_helpers import INVENTORY, PROJECT, RUNNER, VENV, node, recorder, wait_for, with_store_env  # noqa: E402
+from verify_helpers import trials as study_trials  # noqa: E402
+
+record = recorder("security-figures.json")
+HEAD = RUNNER.get_hosts("ray_head")[0]
+NODES = sorted(RUNNER.get_hosts("ray_head") + RUNNER.get_hosts("ray_workers"))
+RAY = "/opt/ray/venv"
+AUTH_ENV = "/etc/ray/auth.env"
+TOKEN_FILE = "/etc/ray/auth_token"
+PROBE = Path(__file__).resolve().parents[1] / "files" / "probe_grpc.py"
+PLAIN_OUTPUT = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# docs/security.md, "Listening sockets": the ports of the roles' defaults, on
+# the node's cluster address (and maybe loopback too).
+HEAD_ONLY = {8265: "dashboard + job API", 10001: "Ray Client server"}
+EVERY_RAY_NODE = {6342: "runtime env agent", 6344: "dashboard agent HTTP"}
+STORE = {6379: "store (redis-server here, KeyDB in production)"}
+# Ray 2.60 has no bind-address option for these: they listen on every
+# interface (documented there, with what a client without the token gets).
+ALL_INTERFACES_HEAD = {6333: "GCS", 44217: "autoscaler metrics", 44227: "dashboard metrics"}
+ALL_INTERFACES = {6340: "raylet", 6341: "object manager", 6343: "dashboard agent gRPC",
+                  6345: "metrics export"}
+WORKER_RANGE = range(20000, 21000)  # core workers: every interface too
+# The documented exception outside Ray: SSH on every address (Ansible needs it).
+SSH = 22
+LOOPBACK = {"127.0.0.1", "::1"}
+EVERYWHERE = {"0.0.0.0", "::", "*"}
+
+
+def hostvars(name: str) -> dict:
+    return RUNNER.get_variables(name)
+
+
+def address(name: str) -> str:
+    return hostvars(name)["cluster_address"]
+
+
+def token() -> str:
+    return hostvars(HEAD)["ray_auth_token"]
+
+
+def with_ray_auth(command: str) -> str:
+    return f"bash -c {shlex.quote(f'set -a; . {AUTH_ENV}; set +a; {command}')}"
+
+
+def dashboard(path: str, body: dict | None = None, bearer: str | None = None) -> tuple[int, str]:
+    """HTTP request to the head's dashboard from this machine (the outsider)."""
+    url = f"http://{address(HEAD)}:8265{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    req.add_header("Content-Type", "application/json")
+    if bearer is not None:
+        req.add_header("Authorization", f"Bearer {bearer}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def listening(name: str) -> list[dict]:
+    """Every listening TCP socket of NAME: address, port, process."""
+    out = node(name).check_output("ss -ltnpH")
+    sockets = []
+    for line in out.splitlines():
+        local = line.split()[3]
+        addr, _, port = local.rpartition(":")
+        addr = addr.strip("[]").split("%")[0].removeprefix("::ffff:")
+        proc = re.search(r'users:\(\("([^"]+)"', line)
+        sockets.append({"address": addr, "port": int(port), "process": proc.group(1) if proc else "?"})
+    return sorted(sockets, key=lambda s: (s["port"], s["address"]))
+
+
+def on_cluster_address(name: str) -> dict[int, str]:
+    ports = dict(EVERY_RAY_NODE)
+    if name == HEAD:
+        ports.update(HEAD_ONLY)
+    if name in RUNNER.get_hosts("keydb"):
+        ports.update(STORE)
+    return ports
+
+
+def on_every_interface(name: str) -> dict[int, str]:
+    return {**ALL_INTERFACES, **(ALL_INTERFACES_HEAD if name == HEAD else {})}
+
+
+def expected_ports(name: str) -> dict[int, str]:
+    return {**on_cluster_address(name), **on_every_interface(name)}
+
+
+def ansible_playbook(playbook: str, *args: str) -> subprocess.CompletedProcess:
+    tool = Path(sys.executable).with_name("ansible-playbook")
+    return subprocess.run([str(tool), "-i", INVENTORY, *args, str(PROJECT / playbook)], cwd=PROJECT,
+                          env=PLAIN_OUTPUT, capture_output=True, text=True, timeout=1500, check=False)
+
+
+def recap(output: str) -> dict[str, tuple[int, int]]:
+    rows = re.findall(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
+                      ANSI.sub("", output), re.M)
+    return {h: (int(c), int(u) + int(f)) for h, c, u, f in rows}
+
+
+def ray_start_time(name: str) -> int:
+    """When NAME's Ray unit last started (µs, CLOCK_MONOTONIC: the test-bed nodes share the kernel)."""
+    return int(node(name).check_output("systemctl show ray -p ExecMainStartTimestampMonotonic --value"))
+
+
+def alive_nodes() -> int | None:
+    out = node(HEAD).run(with_ray_auth(f"{RAY}/bin/ray status --address {address(HEAD)}:6333"))
+    if out.rc != 0 or "Active:" not in out.stdout:
+        return None
+    active = out.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
+    return len(re.findall(r"^\s*1 node_[0-9a-f]+\s*$", active, re.M))
+
+
+# ------------------------------------------------------------------ token
+@pytest.mark.parametrize("name", NODES)
+def test_the_token_file_is_for_root_and_ray_only_and_never_on_a_command_line(name):
+    host = node(name)
+    f = host.file(TOKEN_FILE)
+    assert (f.user, f.group, f.mode) == ("root", "ray", 0o640)
+    assert host.file("/etc/ray").mode == 0o750
+    assert host.run(f"runuser -u nobody -- cat {TOKEN_FILE}").rc != 0, "another user read the token"
+    assert host.check_output(f"cat {TOKEN_FILE}") == token()
+    # not in the unit, not in any process's arguments or the unit's environment
+    assert token() not in host.check_output("systemctl cat ray")
+    assert token() not in host.check_output("ps -eo args")
+    assert "RAY_AUTH_MODE=token" in host.check_output(f"cat {AUTH_ENV}")
+
+
+def test_every_node_joined_with_the_token_and_a_client_without_it_is_refused():
+    assert alive_nodes() == len(NODES)
+    # the same command without the token: the GCS refuses it
+    out = node(HEAD).run(f"RAY_AUTH_MODE=token {RAY}/bin/ray status --address {address(HEAD)}:6333")
+    assert out.rc != 0, out.stdout
+    out = node(HEAD).run(f"{RAY}/bin/ray status --address {address(HEAD)}:6333")
+    assert out.rc != 0, out.stdout
+    record(ray_status_without_token=(out.stderr or out.stdout).strip().splitlines()[-1][:300])
+
+
+def test_a_job_from_the_outsider_is_refused_without_the_token_and_runs_with_it():
+    job = {"entrypoint": "id -un; hostname"}
+    no_token = dashboard("/api/jobs/", job)
+    wrong = dashboard("/api/jobs/", job, bearer="x" * 43)
+    assert no_token[0] == 401, no_token
+    assert wrong[0] == 403, wrong
+    status, body = dashboard("/api/jobs/", job, bearer=token())
+    assert status == 200, (status, body)
+    job_id = json.loads(body)["submission_id"]
+
+    def finished():
+        s, b = dashboard(f"/api/jobs/{job_id}", bearer=token())
+        return json.loads(b) if s == 200 and json.loads(b)["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    info = wait_for(f"job {job_id} to finish", finished, 180, 2)
+    assert info["status"] == "SUCCEEDED", info
+    logs = json.loads(dashboard(f"/api/jobs/{job_id}/logs", bearer=token())[1])["logs"]
+    assert logs.strip().splitlines()[-2:] == ["ray", HEAD], logs
+    record(job_api={"no token": no_token[0], "wrong token": wrong[0], "token": status})
+
+
+# ------------------------------------------------------------------ sockets
+@pytest.mark.parametrize("name", NODES)
+def test_every_listening_socket_is_on_the_cluster_address_or_loopback_or_documented(name):
+    sockets = listening(name)
+    record(**{f"sockets {name}": [f"{s['address']}:{s['port']} {s['process']}" for s in sockets]})
+    mine, bound, everywhere = address(name), on_cluster_address(name), on_every_interface(name)
+    wrong = []
+    for s in sockets:
+        if s["address"] in LOOPBACK:
+            continue
+        if s["address"] == mine and s["port"] in bound:
+            continue
+        if s["address"] in EVERYWHERE and (s["port"] in everywhere or s["port"] in WORKER_RANGE
+                                           or (s["port"] == SSH and s["process"] == "sshd")):
+            continue
+        wrong.append(s)
+    assert not wrong, f"{name}: sockets not on the cluster address or loopback, nor in docs/security.md: {wrong}"
+    # every documented port is in use, where the table says
+    on_mine = {s["port"] for s in sockets if s["address"] == mine}
+    on_all = {s["port"] for s in sockets if s["address"] in EVERYWHERE}
+    assert set(bound) <= on_mine, f"{name}: not on {mine}: {set(bound) - on_mine}"
+    assert set(everywhere) <= on_all, f"{name}: not listening: {set(everywhere) - on_all}"
+    # the dashboard and the store are on the cluster address only, not on every interface
+    assert not set(bound) & on_all, f"{name}: on every interface: {set(bound) & on_all}"
+
+
+def test_what_an_unauthenticated_client_gets_from_each_port():
+    """From sec-2, with no token: one harmless gRPC call per Ray gRPC port of each
+    node (and one worker port), an HTTP GET on each HTTP port, PING on the store."""
+    prober = NODES[-1]
+    grpc_methods = {6333: "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo",
+                    10001: "/ray.rpc.RayletDriver/ClusterInfo",
+                    6340: "/ray.rpc.NodeManagerService/GetNodeStats",
+                    6341: "/ray.rpc.ObjectManagerService/Pull",
+                    6343: "/ray.rpc.ReporterService/HealthCheck"}
+    targets = []
+    for name in NODES:
+        ports = expected_ports(name)
+        targets += [f"{address(name)}:{p}={m}" for p, m in grpc_methods.items() if p in ports]
+        workers = sorted(s["port"] for s in listening(name) if s["port"] in WORKER_RANGE)
+        if workers:
+            targets.append(f"{address(name)}:{workers[0]}=/ray.rpc.CoreWorkerService/NumPendingTasks")
+    out = node(prober).check_output(
+        f"env -u RAY_AUTH_MODE -u RAY_AUTH_TOKEN -u RAY_AUTH_TOKEN_PATH {RAY}/bin/python "
+        f"-c {shlex.quote(PROBE.read_text())} {' '.join(shlex.quote(t) for t in targets)}")
+    grpc_results = json.loads(out)
+    http = {}
+    for name in NODES:
+        for port, path in ((8265, "/api/jobs/"), (6344, "/api/job_agent/jobs/"), (6342, "/"),
+                           (6345, "/metrics"), (44217, "/metrics"), (44227, "/metrics")):
+            if port not in expected_ports(name):
+                continue
+            try:
+                with urllib.request.urlopen(f"http://{address(name)}:{port}{path}", timeout=15) as resp:
+                    http[f"{name}:{port}{path}"] = resp.status
+            except urllib.error.HTTPError as exc:
+                http[f"{name}:{port}{path}"] = exc.code
+            except OSError as exc:
+                http[f"{name}:{port}{path}"] = f"error: {exc}"
+    store = {}
+    for name in RUNNER.get_hosts("keydb"):
+        res = node(prober).run(f"redis-cli -h {address(name)} -p 6379 PING")
+        store[f"{name}:6379"] = (res.stdout + res.stderr).strip()
+    record(unauthenticated={"grpc": grpc_results, "http": http, "store": store})
+    # every gRPC server, the job API and the store refuse a client without credentials
+    refused = {t: c for t, c in grpc_results.items() if c == "UNAUTHENTICATED"}
+    assert refused == grpc_results, f"answered without the token: {set(grpc_results) - set(refused)}"
+    assert http[f"{HEAD}:8265/api/jobs/"] == 401
+    assert all(code == 401 for key, code in http.items() if ":6344/" in key), http
+    assert all("NOAUTH" in reply for reply in store.values()), store
+
+
+# ------------------------------------------------------------------ store credential
+def test_the_workers_store_user_cannot_administer_the_store_and_the_study_ran():
+    name = NODES[0]
+    env = node(name).check_output("grep -c '^HPO_KEYDB_USERNAME=\"hpo-worker\"$' /etc/hpo-worker/keydb.env")
+    assert env == "1"
+    script = (
+        "import os, redis\n"
+        "ep = os.environ['HPO_KEYDB_ENDPOINTS'].split(',')[0]\n"
+        "h, _, p = ep.rpartition(':')\n"
+        "c = redis.Redis(host=h, port=int(p), username=os.environ['HPO_KEYDB_USERNAME'],"
+        " password=os.environ['HPO_KEYDB_PASSWORD'])\n"
+        "for cmd in (['CONFIG', 'GET', 'requirepass'], ['FLUSHALL'], ['KEYS', '*']):\n"
+        "    try:\n"
+        "        c.execute_command(*cmd); print(cmd[0], 'ALLOWED')\n"
+        "    except redis.exceptions.NoPermissionError as e:\n"
+        "        print(cmd[0], 'NOPERM')\n"
+        "print('PING', c.ping())\n"
+    )
+    out = node(name).check_output(with_store_env(f"{VENV}/bin/python -c {shlex.quote(script)}"))
+    assert out.split("\n") == ["CONFIG NOPERM", "FLUSHALL NOPERM", "KEYS NOPERM", "PING True"], out
+
+    def done():
+        t = study_trials(name, "quick")
+        return t if sum(x["state"] == "COMPLETE" for x in t) >= 30 else None
+
+    trials = wait_for("the quick study to reach its budget", done, 300, 3)
+    assert not [t for t in trials if t["state"] == "RUNNING"]
+    # every node's worker unit ran with that user and ended cleanly at the budget
+    for name in NODES:
+        state = node(name).check_output("systemctl show hpo-worker@quick -p SubState -p Result --value")
+        assert sorted(state.split()) == ["exited", "success"], f"{name}: {state}"
+        log = node(name).check_output("journalctl -u hpo-worker@quick --no-pager -o cat")
+        assert "NOPERM" not in log and "refused" not in log, log[-2000:]
+
+
+# ------------------------------------------------------------------ rotation
+def test_a_new_token_rolls_out_head_first_and_every_node_is_alive_after():
+    old, new = token(), "rotated-" + os.urandom(24).hex()
+    before = {n: ray_start_time(n) for n in NODES}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"ray_auth_token": new}, f)
+    os.chmod(f.name, 0o600)
+    try:
+        t0 = time.monotonic()
+        done = ansible_playbook("site.yml", "-e", f"@{f.name}")
+        record(site_yml_token_rotation_s=round(time.monotonic() - t0, 1))
+        assert done.returncode == 0, done.stdout[-4000:]
+        assert all(bad == 0 for _, bad in recap(done.stdout).values()), recap(done.stdout)
+        assert new not in done.stdout and new not in done.stderr, "the playbook printed the token"
+        after = {n: ray_start_time(n) for n in NODES}
+        assert all(after[n] > before[n] for n in NODES), "every node restarted with the new token"
+        assert after[HEAD] < min(after[n] for n in NODES if n != HEAD), "the head restarted first"
+        assert alive_nodes() == len(NODES)
+        assert dashboard("/api/jobs/", bearer=old)[0] == 403
+        assert dashboard("/api/jobs/", bearer=new)[0] == 200
+    finally:
+        # back to the inventory's token (ray.yml is enough: only Ray reads it)
+        back = ansible_playbook("playbooks/ray.yml")
+        os.unlink(f.name)
+    assert back.returncode == 0, back.stdout[-4000:]
+    assert alive_nodes() == len(NODES)
+    assert dashboard("/api/jobs/", bearer=old)[0] == 200
