@@ -468,14 +468,16 @@ def test_systemctl_stop_drains_the_node_then_stops_it_alone():
     host.run("rm -f /var/lib/ray/drain-test-running")
     head.run("rm -f /tmp/drain-test.out")
     script = shlex.quote(DRAIN_JOB)
-    # Detached (setsid, stdin from /dev/null): otherwise the remote command
-    # returns only when the driver ends, after the task, and nothing is left
-    # to drain.
-    # runuser keeps the token settings; the ray user may read the token file.
-    head.run(with_ray_auth(
-        f"cd /var/lib/ray && setsid nohup runuser -u ray -- env HOME=/var/lib/ray {VENV}/bin/python "
-        f"-c {script} {head_address()} {ip_of(NEW)} {task_s} "
+    # Detached: the whole background list (not only its last command) has
+    # its stdin, stdout and stderr away from the remote command's pipes, or
+    # the remote command returns only when the driver ends, after the task,
+    # and nothing is left to drain. runuser keeps the token settings; the
+    # ray user may read the token file.
+    started = head.run(with_ray_auth(
+        f"{{ cd /var/lib/ray && exec setsid runuser -u ray -- env HOME=/var/lib/ray "
+        f"{VENV}/bin/python -c {script} {head_address()} {ip_of(NEW)} {task_s}; }} "
         f"< /dev/null > /tmp/drain-test.out 2>&1 &"))
+    assert started.rc == 0, started.stderr
     # On the node itself: stop Ray as soon as the task runs; print how long
     # the task had run then and how long the stop took.
     stop = host.run(
