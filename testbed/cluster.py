@@ -290,6 +290,9 @@ class Cluster:
             "        # Made by bin/testbed for this cluster (the roles refuse Ray without a",
             f"        # token); also in {self.ray_token_path}.",
             f"        ray_auth_token: {json.dumps(self.ray_auth_token())}",
+            "        # This machine (its address on the bridge) opens the dashboard: the",
+            "        # host firewall lets it reach the dashboard and Ray Client ports only.",
+            f"        firewall_workstations: [{network.host_address(self.index)}]",
             "      hosts:",
         ]
         for name in sorted(self.nodes, key=lambda n: int(self.nodes[n]["slot"])):

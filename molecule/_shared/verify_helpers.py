@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -97,3 +98,16 @@ def recorder(name: str):
         print("figures:", figures)
 
     return record
+
+
+def ray_alive_nodes() -> int | None:
+    """Alive nodes in `ray status` on the Ray head, asked with that node's token
+    settings (/etc/ray/auth.env); None while it does not answer."""
+    head = RUNNER.get_hosts("ray_head")[0]
+    address = RUNNER.get_variables(head)["cluster_address"]
+    command = f"set -a; . /etc/ray/auth.env; set +a; /opt/ray/venv/bin/ray status --address {address}:6333"
+    out = node(head).run(f"bash -c {shlex.quote(command)}")
+    if out.rc != 0 or "Active:" not in out.stdout:
+        return None
+    active = out.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
+    return len(re.findall(r"^\s*1 node_[0-9a-f]+\s*$", active, re.M))

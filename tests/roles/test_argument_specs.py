@@ -18,6 +18,7 @@ ROLES_DIR = Path(__file__).resolve().parents[2] / "roles"
 #          options of the main entry point that are required and have no default)
 ROLES = {
     "cluster": ("cluster_", "_cluster_", set()),
+    "firewall": ("firewall_", "_firewall_", set()),
     "keydb": ("keydb_", "_keydb_", set()),
     "optuna_worker": ("optuna_worker_", "_optuna_worker_", set()),
     "ray": ("ray_", "_ray_", {"ray_node_kind", "ray_start_args", "ray_gcs_address", "ray_num_cpus"}),

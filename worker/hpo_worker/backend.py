@@ -9,8 +9,8 @@ from typing import Any
 
 from optuna.storages.journal import BaseJournalBackend
 
-from .journal import Replay
-from .store import READ_CHUNK, Fenced, Store
+from .journal import READ_CHUNK, Replay
+from .store import Fenced, Store
 
 
 class FencedJournalBackend(BaseJournalBackend):

@@ -32,21 +32,31 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .election import (  # noqa: F401 - some only re-exported: this module's API too
+    AUTH_HINT,
+    CONNECT_TIMEOUT,
+    PROBE_TIMEOUT,
+    SOCKET_TIMEOUT,
+    NoWriter,
+    Probe,
+    StoreAuthError,
+    candidates,
+    parse_endpoints,
+    parse_record,
+    read_only_choice,
+    role_kind,
+    writer_of,
+)
+from .journal import READ_CHUNK, iter_journal  # noqa: F401 - iter_journal: part of this module's API
+
 log = logging.getLogger("hpo_worker.store")
 
-CONNECT_TIMEOUT = 2.0
-_AUTH_HINT = "set HPO_KEYDB_USERNAME and HPO_KEYDB_PASSWORD"
-SOCKET_TIMEOUT = 5.0
-# A probe asks three cheap questions; a master that takes longer than this to answer
-# them is treated as unreachable for this look (a host that hung or lost power).
-PROBE_TIMEOUT = 2.0
 # How much later than another worker a worker may adopt a new writer after a failover
 # (it notices the failure up to one socket timeout later, and its election may wait on
 # two probes of the master that went away): reaping waits this long on top of the TTL.
@@ -54,7 +64,6 @@ FAILOVER_SPREAD = SOCKET_TIMEOUT + 2 * PROBE_TIMEOUT + 1.0
 # A replica whose last acknowledgement is older than this (seconds, INFO's lag) is not
 # waited for: a powered-off standby stays "connected" until the master's repl-timeout.
 REPLICA_LAG_MAX = 3
-READ_CHUNK = 20_000
 
 # ---------------------------------------------------------------- Lua scripts
 _CHECK = """
@@ -168,59 +177,7 @@ class Fenced(RuntimeError):
     """The master refused a write: it is no longer (or not yet) the writer we were told."""
 
 
-class StoreAuthError(RuntimeError):
-    """A master refused our password (or we sent none)."""
-
-
-class NoWriter(RuntimeError):
-    """No master of the group is reachable."""
-
-
 WriterLost = (redis.ConnectionError, redis.TimeoutError, Fenced, redis.ReadOnlyError)
-
-
-def parse_endpoints(text: str) -> list[str]:
-    """'host:port,host:port' -> list; errors name the bad item."""
-    out = []
-    for item in (x.strip() for x in text.split(",")):
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"--endpoints / HPO_KEYDB_ENDPOINTS: {item!r} is not host:port")
-        out.append(f"{host}:{int(port)}")
-    if not out:
-        raise ValueError("--endpoints / HPO_KEYDB_ENDPOINTS: no endpoint given (comma-separated host:port)")
-    if len(set(out)) != len(out):
-        raise ValueError("--endpoints / HPO_KEYDB_ENDPOINTS: an endpoint is listed twice")
-    return out
-
-
-def parse_record(rec: str | None) -> tuple[int, str]:
-    if not rec:
-        return (-1, "")
-    epoch, _, ep = rec.partition(" ")
-    try:
-        return (int(epoch), ep)
-    except ValueError:
-        return (-1, "")
-
-
-def role_kind(role: Any) -> str:
-    """'master' for a node that accepts writes, 'replica' for a read-only one.
-
-    Redis answers ROLE with ["master", ...] or ["slave", ...]. A KeyDB active
-    replica answers ["active-replica", host, port, state, offset] and, with
-    more than one master configured, a list of such lists: it accepts writes.
-    """
-    if not role:
-        return "master"
-    first = role[0]
-    if isinstance(first, (list, tuple)):
-        first = first[0] if first else "master"
-    if isinstance(first, bytes):
-        first = first.decode()
-    return "master" if first in ("master", "active-replica") else "replica"
 
 
 def claim_json(owner: str, state: str, trial: int, host: str, **extra: Any) -> str:
@@ -248,18 +205,6 @@ def _map_error(exc: redis.ResponseError) -> Exception:
     if str(exc).startswith("HPOFENCED"):
         return Fenced(str(exc))
     return exc
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What one master says about the group: its writer record, its role, its progress."""
-
-    endpoint: str
-    epoch: int        # -1: no record
-    named: str        # the endpoint the record names
-    record: str | None
-    role: str         # 'master' (accepts writes) or 'replica'
-    seq: int          # journal entries ever appended (NS:seq)
 
 
 class Store:
@@ -296,7 +241,7 @@ class Store:
         the connections stay behind; the copy reconnects to the same writer on first use."""
         state = dict(self.__dict__)
         state.update(_lock=None, _clients={}, _probe_clients={}, writer=None, _state=(self.record, {}))
-        state["_writer_endpoint"] = self._writer_endpoint_now()
+        state["_writer_endpoint"] = self.writer_endpoint_now()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -306,7 +251,8 @@ class Store:
         if endpoint:
             self._connect(endpoint)
 
-    def _writer_endpoint_now(self) -> str:
+    def writer_endpoint_now(self) -> str:
+        """host:port of the master we read and write (also when it holds no writer record)."""
         if self.writer is None:
             return ""
         kw = self.writer.connection_pool.connection_kwargs
@@ -342,14 +288,12 @@ class Store:
             pipe.get(self.k_writer)
             pipe.execute_command("ROLE")
             pipe.get(self.k_seq)
-            rec, role, seq = pipe.execute()
-            epoch, named = parse_record(rec)
-            return Probe(endpoint, epoch, named, rec, role_kind(role), int(seq or 0))
+            return Probe.of(endpoint, *pipe.execute())
         except redis.AuthenticationError as exc:
-            raise StoreAuthError(f"{endpoint} refused the user or password ({_AUTH_HINT}): {exc}") from None
+            raise StoreAuthError(f"{endpoint} refused the user or password ({AUTH_HINT}): {exc}") from None
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                raise StoreAuthError(f"{endpoint} refused the user or password ({_AUTH_HINT}): {exc}") from None
+                raise StoreAuthError(f"{endpoint} refused the user or password ({AUTH_HINT}): {exc}") from None
             log.warning("endpoint %s unreachable: %r", endpoint, exc)
             return None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -405,36 +349,13 @@ class Store:
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def _writer_of(self, reachable: dict[str, Probe]) -> tuple[str, str] | None:
-        """(endpoint, record) of the writer, if the reachable masters agree on one."""
-        if not reachable:
-            return None
-        best = max(p.epoch for p in reachable.values())
-        if best < 0:
-            return None
-        records = {p.record for p in reachable.values() if p.epoch == best}
-        if len(records) != 1:
-            return None  # two records at one epoch: promotions raced (or were crossed by replication)
-        rec = records.pop()
-        named = parse_record(rec)[1]
-        holder = reachable.get(named)
-        if holder is None or holder.record != rec or holder.role != "master":
-            return None
-        return named, rec
-
-    def _candidates(self, reachable: dict[str, Probe], replicas_too: bool) -> list[Probe]:
-        """Masters a promotion may pick, best first; the same order for every worker."""
-        best = max(p.epoch for p in reachable.values())
-        top = [p for p in reachable.values() if p.epoch == best and (p.role == "master" or replicas_too)]
-        return sorted(top, key=lambda p: (p.role != "master", -p.seq, p.endpoint))
-
     def _elect_once(self, reachable: dict[str, Probe]) -> str | None:
         if not reachable:
             return None
         best = max(p.epoch for p in reachable.values())
         top_records = {p.record for p in reachable.values() if p.epoch == best and p.record}
         named = parse_record(next(iter(top_records)))[1] if len(top_records) == 1 else ""
-        found = self._writer_of(reachable)
+        found = writer_of(reachable)
         if found is None and named in reachable:
             # The record names a master that answered without holding it. Each master was
             # asked at its own moment: it may have been promoted just after we asked it. Ask
@@ -443,7 +364,7 @@ class Store:
             again = self._probe(named)
             if again is not None:
                 reachable[named] = again
-                found = self._writer_of(reachable)
+                found = writer_of(reachable)
         if found is not None:
             ep, rec = found
             self._adopt(ep, rec)
@@ -465,7 +386,7 @@ class Store:
                 return None
         # The named writer is down, records conflict, or nothing is set up yet: promote.
         # A replica only when a writer existed before (a fresh group starts on a master).
-        for cand in self._candidates(reachable, replicas_too=bool(named) or best >= 0):
+        for cand in candidates(reachable, replicas_too=bool(named) or best >= 0):
             new = f"{max(best, self.epoch, 0) + 1} {cand.endpoint}"
             c = self.client(cand.endpoint)
             try:
@@ -481,7 +402,7 @@ class Store:
                             cand.record)  # logged by every worker of a race: they all set the same record
             # someone else may have won the race: adopt whatever the masters agree on now
             # (asking again only those that answered: one that did not would cost a timeout)
-            found = self._writer_of(self._probe_all(list(reachable)))
+            found = writer_of(self._probe_all(list(reachable)))
             if found is not None:
                 self._adopt(*found)
                 return found[1]
@@ -490,15 +411,11 @@ class Store:
 
     def _read_only(self, reachable: dict[str, Probe]) -> str | None:
         """The writer if there is one, else the master a promotion would pick; no write."""
-        if not reachable:
+        found = read_only_choice(reachable)
+        if found is None:
             return None
-        found = self._writer_of(reachable)
-        if found is not None:
-            self._adopt(*found)
-            return found[1]
-        cands = self._candidates(reachable, replicas_too=True)
-        self._adopt(cands[0].endpoint, "")
-        return ""
+        self._adopt(*found)
+        return found[1]
 
     def _adopt(self, endpoint: str, rec: str) -> None:
         if rec != self.record or self.writer is None:
@@ -620,18 +537,6 @@ class Store:
 
     def claims_key(self, study: str) -> str:
         return f"{self.ns}:claims:{study}"
-
-
-def iter_journal(client: redis.Redis, key: str, chunk: int = READ_CHUNK) -> Iterable[str]:
-    """Every raw entry of a journal, read with LRANGE in chunks. (Measured: a Lua script
-    joining a chunk into one reply is slower than LRANGE, 0.25 s vs 0.09 s for 48,000 entries.)"""
-    start = 0
-    while True:
-        part = client.lrange(key, start, start + chunk - 1)
-        yield from part
-        if len(part) < chunk:
-            return
-        start += len(part)
 
 
 def __getattr__(name: str) -> Any:

@@ -105,6 +105,18 @@ class RedisProc:
         self.kill(signal.SIGKILL)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _report_cache_dir(tmp_path_factory):
+    """`hpo-worker report` keeps a cache of replayed journals: the tests' own, not the user's."""
+    old = os.environ.get("HPO_CACHE_DIR")
+    os.environ["HPO_CACHE_DIR"] = str(tmp_path_factory.mktemp("report-cache"))
+    yield
+    if old is None:
+        os.environ.pop("HPO_CACHE_DIR", None)
+    else:
+        os.environ["HPO_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def servers(tmp_path):
     made: list[RedisProc] = []

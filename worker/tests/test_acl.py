@@ -13,6 +13,8 @@ REPLICAOF NO ONE. Allowed: everything a worker does, including the failover
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
 
 import pytest
 import redis
@@ -114,6 +116,19 @@ def test_redis_study_and_failover_with_the_worker_user(servers, tmp_path):
     assert "promoting replica" in log and "NOPERM" not in log, log[-3000:]
     states = collections.Counter(t.state.name for t in load_trials(m2.endpoint, "acl"))
     assert states["RUNNING"] == 0 and states["COMPLETE"] >= 60, states
+    # report (twice: the second reads its cache, a MULTI) and trials as the worker user,
+    # the old primary down; a wrong password: exit 2 naming the master
+    cmd = [sys.executable, "-m", "hpo_worker", "--endpoints", f"{m1.endpoint},{m2.endpoint}"]
+    for args in (["report"], ["report"], ["trials", "--json"]):
+        p = subprocess.run([*cmd[:3], *args, *cmd[3:]], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        if args[0] == "report":
+            assert f"COMPLETE: {states['COMPLETE']}  " in p.stdout, p.stdout
+        else:
+            assert len(p.stdout.splitlines()) == sum(states.values())
+    bad = dict(env, HPO_KEYDB_PASSWORD="wrong")
+    p = subprocess.run([*cmd[:3], "report", *cmd[3:]], env=bad, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and f"{m2.endpoint} refused the user or password" in p.stderr, p.stderr
 
 
 def test_keydb_study_and_failover_with_the_worker_user(keydb_group, tmp_path):

@@ -4,7 +4,7 @@ Everything here acts on the real cluster that site.yml converged: real
 systemd units, real worker processes, the real store (redis-server primary
 + replica standing in for KeyDB), read back with the worker's public
 read-only `hpo-worker trials --json` (helpers: molecule/_shared/verify_helpers.py). The tests run in file order: the stop test leaves cluster-2's worker
-running again before the kill test starts.
+running again before the kill test starts; the last one rotates Ray's token.
 
 Figures (stop time, trials left RUNNING, reaping time) are printed and
 written to .cache/cluster-figures.json in the project directory.
@@ -12,13 +12,16 @@ written to .cache/cluster-figures.json in the project directory.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
-from verify_helpers import RUNNER, VENV, node, recorder, wait_for, with_store_env  # noqa: E402
+from verify_helpers import RUNNER, VENV, ansible_playbook, node, ray_alive_nodes, recorder, wait_for, with_store_env  # noqa: E402
 from verify_helpers import trials as study_trials  # noqa: E402
 
 NODES = sorted(RUNNER.get_hosts("optuna_workers"))
@@ -160,3 +163,43 @@ def test_kill_9_trial_is_reaped_and_requeued() -> None:
         return props if props["SubState"] == "running" and int(props["NRestarts"]) > int(before["NRestarts"]) else None
 
     wait_for(f"systemd to restart the killed worker on {name}", restarted, timeout=60)
+
+
+def test_a_new_ray_token_rolls_out_while_the_study_runs_and_no_trial_is_lost() -> None:
+    """Last test (it leaves the cluster on a token the inventory does not hold):
+    site.yml with a new ray_auth_token restarts every Ray node (head first)
+    while the slow study runs; the Optuna workers do not use Ray and must not
+    notice: same processes, every trial in flight finished, none failed."""
+    ray_nodes = RUNNER.get_hosts("ray_head") + RUNNER.get_hosts("ray_workers")
+    pids = {n: unit(node(n), SLOW)["MainPID"] for n in NODES}
+    before = trials(SLOW)
+    failed_before = {t["number"] for t in before if t["state"] == "FAIL"}
+    in_flight = {t["number"] for t in before if t["state"] == "RUNNING"}
+    complete_before = sum(t["state"] == "COMPLETE" for t in before)
+    assert in_flight, "the slow study must be running for this test"
+    assert ray_alive_nodes() == len(ray_nodes)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"ray_auth_token": "rotated-" + os.urandom(24).hex()}, f)
+    try:
+        start = time.monotonic()
+        run = ansible_playbook("../site.yml", "-e", f"@{f.name}", timeout=1200)
+        rotation_seconds = time.monotonic() - start
+    finally:
+        os.unlink(f.name)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert ray_alive_nodes() == len(ray_nodes)
+
+    def settled() -> list[dict] | None:
+        every = trials(SLOW)
+        done = {t["number"]: t["state"] for t in every}
+        return every if all(done.get(n) != "RUNNING" for n in in_flight) else None
+
+    after = wait_for("the trials in flight at the rotation to end", settled, timeout=60)
+    failed_since = [t for t in after if t["state"] == "FAIL" and t["number"] not in failed_before]
+    completed_since = sum(t["state"] == "COMPLETE" for t in after) - complete_before
+    record(token_rotation_site_yml_s=round(rotation_seconds, 1), trials_completed_during_rotation=completed_since,
+           trials_failed_during_rotation=len(failed_since), in_flight_at_rotation=len(in_flight))
+    assert failed_since == [], failed_since
+    assert all(t["state"] == "COMPLETE" for t in after if t["number"] in in_flight)
+    assert completed_since > len(in_flight), "the study went on during the rotation"
+    assert {n: unit(node(n), SLOW)["MainPID"] for n in NODES} == pids, "a worker was restarted"

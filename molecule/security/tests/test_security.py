@@ -2,7 +2,8 @@
 that site.yml converged (sec-1 head + store primary, sec-2 worker + replica).
 
 The outsider is this machine: its address on the scenario's bridge is no
-inventory member. Every figure (listening sockets per node, what an
+inventory member, and the test bed lists it in firewall_workstations (it may
+reach the dashboard and Ray Client ports, and no other Ray or store port). Every figure (listening sockets per node, what an
 unauthenticated client gets from each port) is printed and written to
 .cache/security-figures.json in the project directory. The tests run in file
 order; the last one rotates the Ray token and puts the original one back.
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
-from verify_helpers import INVENTORY, PROJECT, RUNNER, VENV, node, recorder, wait_for, with_store_env  # noqa: E402
+from verify_helpers import INVENTORY, PROJECT, RUNNER, VENV, node, ray_alive_nodes, recorder, wait_for, with_store_env  # noqa: E402
 from verify_helpers import trials as study_trials  # noqa: E402
 
 record = recorder("security-figures.json")
@@ -133,14 +134,6 @@ def ray_start_time(name: str) -> int:
     return int(node(name).check_output("systemctl show ray -p ExecMainStartTimestampMonotonic --value"))
 
 
-def alive_nodes() -> int | None:
-    out = node(HEAD).run(with_ray_auth(f"{RAY}/bin/ray status --address {address(HEAD)}:6333"))
-    if out.rc != 0 or "Active:" not in out.stdout:
-        return None
-    active = out.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
-    return len(re.findall(r"^\s*1 node_[0-9a-f]+\s*$", active, re.M))
-
-
 # ------------------------------------------------------------------ token
 @pytest.mark.parametrize("name", NODES)
 def test_the_token_file_is_for_root_and_ray_only_and_never_on_a_command_line(name):
@@ -157,7 +150,7 @@ def test_the_token_file_is_for_root_and_ray_only_and_never_on_a_command_line(nam
 
 
 def test_every_node_joined_with_the_token_and_a_client_without_it_is_refused():
-    assert alive_nodes() == len(NODES)
+    assert ray_alive_nodes() == len(NODES)
     # the same command without the token: the GCS refuses it
     out = node(HEAD).run(f"RAY_AUTH_MODE=token {RAY}/bin/ray status --address {address(HEAD)}:6333")
     assert out.rc != 0, out.stdout
@@ -183,7 +176,9 @@ def test_a_job_from_the_outsider_is_refused_without_the_token_and_runs_with_it()
     info = wait_for(f"job {job_id} to finish", finished, 180, 2)
     assert info["status"] == "SUCCEEDED", info
     logs = json.loads(dashboard(f"/api/jobs/{job_id}/logs", bearer=token())[1])["logs"]
-    assert logs.strip().splitlines()[-2:] == ["ray", HEAD], logs
+    # the job's two output lines (Ray's own "Running entrypoint ..." line may
+    # come before, between or after them: it is written by another process)
+    assert [line.strip() for line in logs.splitlines() if line.strip() in ("ray", HEAD)] == ["ray", HEAD], logs
     record(job_api={"no token": no_token[0], "wrong token": wrong[0], "token": status})
 
 
@@ -213,6 +208,22 @@ def test_every_listening_socket_is_on_the_cluster_address_or_loopback_or_documen
     assert not set(bound) & on_all, f"{name}: on every interface: {set(bound) & on_all}"
 
 
+# Prints {key: HTTP status or "error: ..."} for the {key: url} of argv[1].
+HTTP_STATUS = r"""
+import json, sys, urllib.error, urllib.request
+out = {}
+for key, url in json.loads(sys.argv[1]).items():
+    try:
+        with urllib.request.urlopen(url, timeout=15) as resp:
+            out[key] = resp.status
+    except urllib.error.HTTPError as exc:
+        out[key] = exc.code
+    except OSError as exc:
+        out[key] = f"error: {exc}"
+print(json.dumps(out))
+"""
+
+
 def test_what_an_unauthenticated_client_gets_from_each_port():
     """From sec-2, with no token: one harmless gRPC call per Ray gRPC port of each
     node (and one worker port), an HTTP GET on each HTTP port, PING on the store."""
@@ -233,19 +244,14 @@ def test_what_an_unauthenticated_client_gets_from_each_port():
         f"env -u RAY_AUTH_MODE -u RAY_AUTH_TOKEN -u RAY_AUTH_TOKEN_PATH {RAY}/bin/python "
         f"-c {shlex.quote(PROBE.read_text())} {' '.join(shlex.quote(t) for t in targets)}")
     grpc_results = json.loads(out)
-    http = {}
-    for name in NODES:
-        for port, path in ((8265, "/api/jobs/"), (6344, "/api/job_agent/jobs/"), (6342, "/"),
-                           (6345, "/metrics"), (44217, "/metrics"), (44227, "/metrics")):
-            if port not in expected_ports(name):
-                continue
-            try:
-                with urllib.request.urlopen(f"http://{address(name)}:{port}{path}", timeout=15) as resp:
-                    http[f"{name}:{port}{path}"] = resp.status
-            except urllib.error.HTTPError as exc:
-                http[f"{name}:{port}{path}"] = exc.code
-            except OSError as exc:
-                http[f"{name}:{port}{path}"] = f"error: {exc}"
+    # HTTP from the same member (the host firewall lets only members reach these ports)
+    http_targets = {f"{name}:{port}{path}": f"http://{address(name)}:{port}{path}"
+                    for name in NODES
+                    for port, path in ((8265, "/api/jobs/"), (6344, "/api/job_agent/jobs/"), (6342, "/"),
+                                       (6345, "/metrics"), (44217, "/metrics"), (44227, "/metrics"))
+                    if port in expected_ports(name)}
+    http = json.loads(node(prober).check_output(
+        f"python3 -c {shlex.quote(HTTP_STATUS)} {shlex.quote(json.dumps(http_targets))}"))
     store = {}
     for name in RUNNER.get_hosts("keydb"):
         res = node(prober).run(f"redis-cli -h {address(name)} -p 6379 PING")
@@ -257,6 +263,99 @@ def test_what_an_unauthenticated_client_gets_from_each_port():
     assert http[f"{HEAD}:8265/api/jobs/"] == 401
     assert all(code == 401 for key, code in http.items() if ":6344/" in key), http
     assert all("NOAUTH" in reply for reply in store.values()), store
+
+
+# ------------------------------------------------------------------ host firewall
+# Prints {"address:port": "open" | "refused" | "error: ..."} for each argument.
+CONNECT = r"""
+import json, socket, sys
+out = {}
+for target in sys.argv[1:]:
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        out[target] = "open"
+    except ConnectionRefusedError:
+        out[target] = "refused"
+    except OSError as exc:
+        out[target] = f"error: {exc}"
+print(json.dumps(out))
+"""
+PEOPLE_PORTS = (8265, 10001)  # firewall_workstations (this machine, in the test bed) reach these
+
+
+def firewall_targets() -> list[str]:
+    """Every documented listening port of each node and one of its core worker ports."""
+    targets = []
+    for name in NODES:
+        ports = sorted(expected_ports(name))
+        ports += sorted(s["port"] for s in listening(name) if s["port"] in WORKER_RANGE)[:1]
+        targets += [f"{address(name)}:{p}" for p in ports]
+    return targets
+
+
+def connect_from_here(targets: list[str]) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-c", CONNECT, *targets], capture_output=True, text=True,
+                         timeout=300, check=True)
+    return json.loads(out.stdout)
+
+
+def connect_from(name: str, targets: list[str]) -> dict[str, str]:
+    return json.loads(node(name).check_output(
+        f"python3 -c {shlex.quote(CONNECT)} {' '.join(shlex.quote(t) for t in targets)}"))
+
+
+@pytest.mark.parametrize("name", NODES)
+def test_the_firewall_table_is_loaded_at_boot_and_matches_its_file(name):
+    host = node(name)
+    assert host.check_output("systemctl is-enabled hpo-firewall") == "enabled"
+    assert host.check_output("systemctl is-active hpo-firewall") == "active"
+    table = host.check_output("nft list table inet hpo_cluster")
+    for other in NODES:
+        assert address(other) in table, f"{name}: member {other} missing from\n{table}"
+    assert "reject with tcp reset" in table
+    # every documented port of the node and the core workers' range are named
+    # (nft prints neighbouring ports as one range: 6340-6345)
+    named = [range(int(a), int(b or a) + 1)
+             for a, b in re.findall(r"\b(\d+)(?:-(\d+))?\b", table.split("dport", 1)[1].split("}", 1)[0])]
+    missing = [p for p in [*expected_ports(name), WORKER_RANGE.start, WORKER_RANGE.stop - 1]
+               if not any(p in r for r in named)]
+    assert not missing, f"{name}: ports not in the table: {missing}\n{table}"
+    # SSH is in no rule: the table cannot lock Ansible out
+    assert not re.search(r"dport[^\n]*\b22\b", table), table
+
+
+def test_the_firewall_lets_members_reach_every_port_and_the_outsider_only_the_dashboard():
+    targets = firewall_targets()
+    member = connect_from(NODES[-1], targets)
+    outsider = connect_from_here(targets)
+    ssh = connect_from_here([f"{address(n)}:{SSH}" for n in NODES])
+    record(firewall={"from member " + NODES[-1]: member, "from this machine (a workstation)": outsider,
+                     "ssh from this machine": ssh})
+    people = {f"{address(HEAD)}:{p}" for p in PEOPLE_PORTS}
+    assert people <= set(targets)
+    assert all(v == "open" for v in member.values()), member
+    assert {t for t, v in outsider.items() if v == "open"} == people, outsider
+    assert all(outsider[t] == "refused" for t in targets if t not in people), outsider
+    assert set(ssh.values()) == {"open"}, ssh
+
+
+def test_the_firewall_off_removes_what_it_added_and_on_again_restores_it():
+    gcs = f"{address(HEAD)}:6333"
+    off = ansible_playbook("site.yml", "--tags", "firewall", "-e", "firewall_enabled=false")
+    assert off.returncode == 0, off.stdout[-4000:]
+    for name in NODES:
+        host = node(name)
+        assert host.run("nft list table inet hpo_cluster").rc != 0, f"{name}: table left"
+        assert not host.file("/etc/systemd/system/hpo-firewall.service").exists
+        assert not host.file("/etc/hpo-cluster/firewall").exists
+    assert connect_from_here([gcs]) == {gcs: "open"}
+    on = ansible_playbook("site.yml", "--tags", "firewall")
+    assert on.returncode == 0, on.stdout[-4000:]
+    assert connect_from_here([gcs]) == {gcs: "refused"}
+    again = ansible_playbook("site.yml", "--tags", "firewall")
+    assert again.returncode == 0 and all(c == 0 for c, _ in recap(again.stdout).values()), recap(again.stdout)
+    assert ray_alive_nodes() == len(NODES)
 
 
 # ------------------------------------------------------------------ store credential
@@ -311,7 +410,7 @@ def test_a_new_token_rolls_out_head_first_and_every_node_is_alive_after():
         after = {n: ray_start_time(n) for n in NODES}
         assert all(after[n] > before[n] for n in NODES), "every node restarted with the new token"
         assert after[HEAD] < min(after[n] for n in NODES if n != HEAD), "the head restarted first"
-        assert alive_nodes() == len(NODES)
+        assert ray_alive_nodes() == len(NODES)
         assert dashboard("/api/jobs/", bearer=old)[0] == 403
         assert dashboard("/api/jobs/", bearer=new)[0] == 200
     finally:
@@ -319,5 +418,5 @@ def test_a_new_token_rolls_out_head_first_and_every_node_is_alive_after():
         back = ansible_playbook("playbooks/ray.yml")
         os.unlink(f.name)
     assert back.returncode == 0, back.stdout[-4000:]
-    assert alive_nodes() == len(NODES)
+    assert ray_alive_nodes() == len(NODES)
     assert dashboard("/api/jobs/", bearer=old)[0] == 200
