@@ -1,10 +1,13 @@
 """Verifier of the ray scenario: the cluster formed, tasks run on every node,
 a machine joins with --limit without touching the others, a settings change
-restarts only its node, and systemd supervises Ray (restart on a crash, stop
-leaves nothing behind).
+restarts only its node, every node comes back by itself after its Ray
+processes die (workers, then the head with the workers rejoining; times
+measured against bounds and written to .cache/ray-heal.json), a re-run
+restarts a head that runs but is not alive, and `systemctl stop` drains
+the node before it stops, leaving nothing behind.
 
-Tests run in file order and build on each other (ray-4 joins, then is used
-for the crash and stop checks).
+Tests run in file order and build on each other (ray-4 joins, then takes
+part in the fault tests and is stopped last).
 """
 
 from __future__ import annotations
@@ -57,6 +60,22 @@ print(json.dumps({
     "by_resource": {name: ray.get(ref, timeout=240) for name, ref in by_res.items()},
 }))
 """
+
+
+# Runs as root on the head: every node the GCS knows, as JSON.
+NODES_JOB = r"""
+import json, sys
+from ray._raylet import GcsClient
+nodes = GcsClient(address=sys.argv[1]).get_all_node_info(timeout=5)
+print(json.dumps([{"id": info.node_id.hex(), "ip": info.node_manager_address,
+                   "alive": info.state == 0, "death": info.death_info.reason_message}
+                  for info in nodes.values()]))
+"""
+# Bounds of the self-healing tests, in seconds from the fault to the node
+# being alive again (the goal is 30 s; this 2-core host runs several test
+# beds at once, so the bound leaves room; the figures are recorded).
+HEAL_BOUND = 60
+REJOIN_BOUND = 120
 
 
 def node(name: str):
@@ -221,27 +240,274 @@ def test_a_settings_change_restarts_only_that_node():
     wait_for_status(4, totals)
 
 
-def test_a_crashed_raylet_is_restarted_by_systemd():
-    host = node(NEW)
-    restarts = int(host.check_output("systemctl show ray -p NRestarts --value"))
-    host.run("pkill -KILL -u ray -f raylet/raylet")
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        now = int(host.check_output("systemctl show ray -p NRestarts --value"))
-        if now > restarts and host.run("pgrep -u ray -f raylet/raylet").rc == 0:
-            break
-        time.sleep(3)
-    else:
-        pytest.fail("ray.service on ray-4 was not restarted after its raylet was killed")
-    assert host.service("ray").is_running
+# --- Self-healing (docs/ray.md, "When Ray dies") ------------------------------
+
+# The inventory as the tests above left it: ray-4 added, ray-3 with spare_slot.
+CURRENT = ("-i", str(SCENARIO / "inventory" / "add-ray-4.yml"),
+           "-i", str(SCENARIO / "inventory" / "change-ray-3.yml"))
+MEMBERS = [HEAD, *WORKERS, NEW]
+FIGURES = PROJECT / ".cache" / "ray-heal.json"
 
 
-def test_systemctl_stop_stops_ray_on_that_node_only():
+def current_totals() -> dict:
+    return expected_totals(MEMBERS, {"ray-3": {"ray_resources": {"spare_slot": 1}}})
+
+
+def record(**figures) -> None:
+    """Merge FIGURES (seconds) into .cache/ray-heal.json and print them."""
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    data.update(figures)
+    FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print("figures:", figures)
+
+
+def gcs_nodes() -> list[dict] | None:
+    """Every node the head's GCS knows, or None while it does not answer."""
+    out = node(HEAD).run(with_ray_auth(
+        f"{VENV}/bin/python -c {shlex.quote(NODES_JOB)} {head_address()}"))
+    if out.rc != 0:
+        return None
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def alive_ids(nodes: list[dict] | None, ip: str) -> set[str]:
+    return {n["id"] for n in nodes or [] if n["ip"] == ip and n["alive"]}
+
+
+def ip_of(name: str) -> str:
+    return hostvars(name)["cluster_address"]
+
+
+def wait_rejoined(old: dict[str, set[str]], started: float, timeout: float) -> dict[str, float]:
+    """Seconds from STARTED until each IP of OLD has an alive node that is not one of its old ids."""
+    took: dict[str, float] = {}
+    nodes = None
+    while time.monotonic() - started < timeout:
+        nodes = gcs_nodes()
+        now = time.monotonic() - started
+        for ip, ids in old.items():
+            if ip not in took and alive_ids(nodes, ip) - ids:
+                took[ip] = round(now, 1)
+        if len(took) == len(old):
+            return took
+        time.sleep(1)
+    pytest.fail(f"not alive again after {timeout:.0f} s: {sorted(set(old) - set(took))}; "
+                f"GCS: {nodes}")
+
+
+def snapshot() -> dict[str, set[str]]:
+    nodes = gcs_nodes()
+    old = {ip_of(h): alive_ids(nodes, ip_of(h)) for h in MEMBERS}
+    assert all(old.values()), f"not every node is alive before the fault: {nodes}"
+    return old
+
+
+def test_every_node_runs_the_health_timer_and_joins_before_it_counts_as_started():
+    for name in MEMBERS:
+        host = node(name)
+        assert host.check_output("systemctl is-active ray-health.timer") == "active", name
+        assert host.check_output("systemctl is-enabled ray-health.timer") == "enabled", name
+        post = host.check_output("systemctl show ray -p ExecStartPost")
+        assert "ray_node_alive.py" in post and ip_of(name) in post, post
+        env = host.check_output("systemctl show ray -p Environment")
+        assert "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=30" in env, env
+        # The check is a Ray client: it reads the token settings as Ray does.
+        for unit in ("ray", "ray-health.service"):
+            files = host.check_output(f"systemctl show {unit} -p EnvironmentFiles")
+            assert RAY_AUTH_ENV in files, (name, unit, files)
+
+
+def health_runs(name: str) -> list[dict]:
+    """What every run of NAME's health check printed (one JSON line each)."""
+    out = node(name).check_output("journalctl -u ray-health.service -o cat --no-pager")
+    return [json.loads(line) for line in out.splitlines() if line.startswith('{"state"')]
+
+
+def test_the_health_check_sees_every_healthy_node_alive_and_restarts_nothing():
+    # Up to here no Ray process died: every check must have found its node
+    # alive (or starting, while a test restarted it). A check that could not
+    # authenticate would say broken (the head: then it kills it every tick),
+    # refused, or that the GCS does not answer.
+    deadline = time.monotonic() + 45  # ray-3 restarted just now: 3 more ticks
+    for name in MEMBERS:
+        runs = health_runs(name)
+        while [r["state"] for r in runs[-3:]] != ["alive"] * 3 and time.monotonic() < deadline:
+            time.sleep(3)
+            runs = health_runs(name)
+        assert [r["state"] for r in runs[-3:]] == ["alive"] * 3, (name, runs[-3:])
+        wrong = [r for r in runs if r["state"] not in ("alive", "idle") or r["healed"]
+                 or "does not answer" in r["reason"]]
+        assert not wrong, (name, wrong)
+    record(**{"health checks on the healthy cluster, all alive":
+              sum(len(health_runs(n)) for n in MEMBERS)})
+
+
+def test_a_health_check_without_the_token_leaves_the_head_alone():
+    before = unit_identity(HEAD)
+    # No auth.env: the check reaches the GCS without a token.
+    done = node(HEAD).run(f"{VENV}/bin/python /opt/ray/ray_health.py --heal ray.service head "
+                          f"{head_address()} {ip_of(HEAD)}")
+    assert done.rc == 4, (done.rc, done.stdout, done.stderr)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["state"] == "refused", done.stdout
+    assert unit_identity(HEAD) == before
+    assert node(HEAD).service("ray").is_running
+
+
+# Faults of the workers, one per worker at the same time (each measured on
+# its own), with the part that brings each back: the health timer when
+# `ray start --block` keeps running (a process ended on SIGTERM), Restart=
+# when it exits (a crash; the raylet shares the dashboard agent's fate).
+WORKER_FAULTS = {
+    "ray-2": ("raylet-SIGTERM", "pkill -TERM -u ray -x raylet"),
+    "ray-3": ("raylet-SIGKILL", "pkill -KILL -u ray -x raylet"),
+    "ray-4": ("dashboard-agent-SIGKILL", "pkill -KILL -u ray -f ray::DashboardAgent"),
+}
+
+
+def test_workers_come_back_by_themselves_after_their_ray_processes_die():
+    old = snapshot()
+    before = {name: unit_identity(name) for name in WORKER_FAULTS}
+    started = time.monotonic()
+    for name, (fault, command) in WORKER_FAULTS.items():
+        injected = node(name).run(command)
+        assert injected.rc == 0, f"{fault} on {name}: nothing to signal ({injected.stderr})"
+    took = wait_rejoined({ip_of(n): old[ip_of(n)] for n in WORKER_FAULTS}, started,
+                         HEAL_BOUND + 90)
+    figures = {f"worker {fault}": took[ip_of(name)] for name, (fault, _) in WORKER_FAULTS.items()}
+    record(**figures)
+    slow = {fault: s for fault, s in figures.items() if s > HEAL_BOUND}
+    assert not slow, f"alive again only after (s): {slow}"
+    assert all(unit_identity(name) != before[name] for name in WORKER_FAULTS)
+    wait_for_status(4, current_totals())
+
+
+# Faults of the head; each also cuts every worker off. "unit-SIGKILL" kills
+# every process of the unit (as the OOM killer or a crash of `ray start`
+# would), "unit-restart" is a planned restart: both measure how long the
+# workers take to rejoin.
+HEAD_FAULTS = {
+    "gcs_server-SIGTERM": "pkill -TERM -u ray -x gcs_server",
+    "unit-SIGKILL": "systemctl kill --signal=SIGKILL ray",
+    "unit-restart": "systemctl restart --no-block ray",
+}
+
+
+@pytest.mark.parametrize("fault", list(HEAD_FAULTS))
+def test_the_head_and_then_every_worker_come_back_after(fault):
+    old = snapshot()
+    started = time.monotonic()
+    injected = node(HEAD).run(HEAD_FAULTS[fault])
+    # systemctl kill says "Input/output error" in the test bed's containers
+    # (it cannot signal the control group) but kills the main process.
+    assert injected.rc == 0 or fault == "unit-SIGKILL", injected.stderr
+    took = wait_rejoined(old, started, REJOIN_BOUND + 90)
+    head_s = took[ip_of(HEAD)]
+    all_s = max(took.values())
+    record(**{f"head {fault}: head alive": head_s, f"head {fault}: all 4 nodes alive": all_s})
+    assert head_s <= HEAL_BOUND, f"the head took {head_s} s to be alive again after {fault}"
+    assert all_s <= REJOIN_BOUND, f"the workers took until {took} s to rejoin after {fault}"
+    wait_for_status(4, current_totals())
+
+
+def test_a_rerun_restarts_a_head_that_runs_but_is_not_alive_then_the_workers():
+    # Without the health timers the cluster stays broken (as the issue found
+    # it) until the playbook runs.
+    for name in MEMBERS:
+        assert node(name).run("systemctl stop ray-health.timer").rc == 0
+    old = snapshot()
+    before = unit_identity(HEAD)
+    assert node(HEAD).run("pkill -TERM -u ray -x gcs_server").rc == 0
+    time.sleep(5)
+    assert gcs_nodes() is None, "the head's GCS still answers after gcs_server ended"
+    assert unit_identity(HEAD) == before and node(HEAD).service("ray").is_running, \
+        "ray.service should still run (with no GCS): that is the fault"
+
+    started = time.monotonic()
+    done = ansible_playbook(*CURRENT)
+    took = round(time.monotonic() - started, 1)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert recap(done.stdout)[HEAD]["changed"] > 0
+    nodes = gcs_nodes()
+    for name in MEMBERS:
+        assert alive_ids(nodes, ip_of(name)) - old[ip_of(name)], f"{name} is not alive: {nodes}"
+        assert node(name).check_output("systemctl is-active ray-health.timer") == "active"
+    record(**{"ray.yml run that restarts a broken head and its workers": took})
+    wait_for_status(4, current_totals())
+
+
+# Runs as the ray user on the head: a task on NODE_IP that takes SECONDS and
+# may not be retried elsewhere; prints where it finished, or its error.
+DRAIN_JOB = r"""
+import json, sys, time
+import ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+
+@ray.remote(num_cpus=0, max_retries=0)
+def slow(seconds):
+    open("/var/lib/ray/drain-test-running", "w").close()
+    time.sleep(seconds)
+    return ray.util.get_node_ip_address()
+
+ref = slow.options(resources={"node:" + sys.argv[2]: 0.01}).remote(float(sys.argv[3]))
+try:
+    print(json.dumps({"ran_on": ray.get(ref, timeout=300)}))
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:2000]}))
+"""
+
+
+def test_systemctl_stop_drains_the_node_then_stops_it_alone():
     host = node(NEW)
+    head = node(HEAD)
     head_before = unit_identity(HEAD)
-    host.run("systemctl stop ray")
+    task_s = 20
+    host.run("rm -f /var/lib/ray/drain-test-running")
+    head.run("rm -f /tmp/drain-test.out")
+    script = shlex.quote(DRAIN_JOB)
+    # Detached: the whole background list (not only its last command) has
+    # its stdin, stdout and stderr away from the remote command's pipes, or
+    # the remote command returns only when the driver ends, after the task,
+    # and nothing is left to drain. runuser keeps the token settings; the
+    # ray user may read the token file.
+    started = head.run(with_ray_auth(
+        f"{{ cd /var/lib/ray && exec setsid runuser -u ray -- env HOME=/var/lib/ray "
+        f"{VENV}/bin/python -c {script} {head_address()} {ip_of(NEW)} {task_s}; }} "
+        f"< /dev/null > /tmp/drain-test.out 2>&1 &"))
+    assert started.rc == 0, started.stderr
+    # On the node itself: stop Ray as soon as the task runs; print how long
+    # the task had run then and how long the stop took.
+    stop = host.run(
+        "for i in $(seq 1200); do [ -e /var/lib/ray/drain-test-running ] && break; sleep 0.1; done; "
+        "a=$(date +%s.%N); systemctl stop ray; b=$(date +%s.%N); "
+        "m=$(date -r /var/lib/ray/drain-test-running +%s.%N 2>/dev/null || echo 0); "
+        "echo \"$m $a $b\"")
+    marker, asked, stopped = (float(x) for x in stop.stdout.split())
+    assert marker > 0, "the task never started on " + NEW
+    ran_before_stop = asked - marker
+    took = round(stopped - asked, 1)
+    record(**{f"systemctl stop while a {task_s} s task runs": took,
+              "the task had run when the stop came": round(ran_before_stop, 1)})
+    assert ran_before_stop < task_s - 5, f"the stop came too late ({ran_before_stop:.1f} s in)"
+    # Drained: the stop waited for the task, and not as long as the stop timeout.
+    assert task_s - ran_before_stop - 2 <= took < int(hostvars(NEW).get("ray_stop_timeout", 60))
+    deadline = time.monotonic() + 60
+    while not head.run("grep -q '^{' /tmp/drain-test.out").rc == 0:
+        assert time.monotonic() < deadline, head.run("cat /tmp/drain-test.out").stdout[-3000:]
+        time.sleep(1)
+    result = json.loads(head.check_output("grep '^{' /tmp/drain-test.out").splitlines()[-1])
+    # Without the drain the task dies with its node (and may not be retried).
+    assert result == {"ran_on": ip_of(NEW)}, result
+    assert "finished draining" in host.check_output("journalctl -u ray --no-pager -n 200")
+
     assert host.check_output("systemctl is-active ray || true") == "inactive"
     assert host.check_output("systemctl show ray -p Result --value") == "success"
     left = host.run("pgrep -u ray -a")
     assert left.rc == 1, f"Ray processes survived systemctl stop:\n{left.stdout}"
+    # The health timer leaves a node stopped on purpose alone.
+    time.sleep(int(hostvars(NEW).get("ray_health_interval", 10)) + 5)
+    assert host.check_output("systemctl is-active ray || true") == "inactive"
     assert unit_identity(HEAD) == head_before

@@ -9,11 +9,28 @@ It uses ray._raylet.GcsClient, which is not a public API: the role pins the
 Ray version, and when the class is missing the check reports that it could
 not run (exit 0, "checked": false) instead of failing the node.
 Exit 1 with the alive nodes it saw when the node is not there in time.
+
+As the unit's ExecStartPost, systemd gives it $MAINPID (`ray start`): when
+that process has ended (Ray failed to start), it exits 1 at once, so the
+unit fails and Restart= tries again without waiting for the timeout.
 """
 
 import json
+import os
 import sys
 import time
+
+
+def main_process_gone() -> bool:
+    """True when systemd named a main process ($MAINPID) and it has ended."""
+    pid = os.environ.get("MAINPID", "")
+    if not pid.isdigit() or pid == "0":
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
 
 
 def main() -> int:
@@ -39,6 +56,11 @@ def main() -> int:
         if node_ip in alive:
             print(json.dumps({"checked": True, "alive": alive}))
             return 0
+        if main_process_gone():
+            print(f"`ray start` (pid {os.environ['MAINPID']}) ended before node {node_ip} "
+                  f"joined the cluster at {gcs_address}. See journalctl -u ray on this node.",
+                  file=sys.stderr)
+            return 1
         if time.monotonic() >= deadline:
             break
         time.sleep(2)
