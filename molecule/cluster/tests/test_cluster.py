@@ -233,6 +233,7 @@ def test_remove_a_machine_during_the_study() -> None:
     pids = {n: {s: _main_pid(node(n), s) for s in services[n]} for n in staying}
     assert all(pid != "0" for p in pids.values() for pid in p.values()), pids
     keys_before = _persistent_keys(primary)
+    assert len(keys_before) > 5, keys_before  # the studies' journals and records
     before = trials(SLOW)
     complete_before = sum(t["state"] == "COMPLETE" for t in before)
     assert ray_alive_nodes() == 3
