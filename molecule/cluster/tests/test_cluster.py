@@ -4,9 +4,10 @@ Everything here acts on the real cluster that site.yml converged: real
 systemd units, real worker processes, the real store (redis-server primary
 + replica standing in for KeyDB), read back with the worker's public
 read-only `hpo-worker trials --json` (helpers: molecule/_shared/verify_helpers.py). The tests run in file order: the stop test leaves cluster-2's worker
-running again before the kill test starts; the last one rotates Ray's token.
+running again before the kill test starts; then one rotates Ray's token, and
+the last one (destructive) removes cluster-2 with playbooks/remove-node.yml.
 
-Figures (stop time, trials left RUNNING, reaping time) are printed and
+Figures (stop time, trials left RUNNING, reaping time, removal time) are printed and
 written to .cache/cluster-figures.json in the project directory.
 """
 
@@ -166,7 +167,7 @@ def test_kill_9_trial_is_reaped_and_requeued() -> None:
 
 
 def test_a_new_ray_token_rolls_out_while_the_study_runs_and_no_trial_is_lost() -> None:
-    """Last test (it leaves the cluster on a token the inventory does not hold):
+    """Second to last (it leaves the cluster on a token the inventory does not hold):
     site.yml with a new ray_auth_token restarts every Ray node (head first)
     while the slow study runs; the Optuna workers do not use Ray and must not
     notice: same processes, every trial in flight finished, none failed."""
