@@ -146,6 +146,7 @@ class _ReadOnlyStorageReads(BaseStorage):
         self._checked = float("-inf")
         with self._lock:
             self._elect(force=True)
+            self._study_names()  # ids in name order for the studies there now
 
     # ------------------------------------------------------------ where to read
     @property
@@ -190,6 +191,8 @@ class _ReadOnlyStorageReads(BaseStorage):
         return names
 
     def _journal(self, study_id: int) -> _Journal:
+        if study_id >= len(self._names):
+            self._study_names()  # a study added since the last listing
         if not 0 <= study_id < len(self._names):
             raise KeyError(f"no study with id {study_id}")
         j = self._journals.get(study_id)
