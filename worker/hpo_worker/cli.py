@@ -199,7 +199,7 @@ def _write_html(args: argparse.Namespace, store, reports) -> str:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
-    storage = ReadOnlyStorage(store)
+    storage = ReadOnlyStorage(store, copy_trials=False)  # the plots only read the trials
     page = build_html(storage, reports, source=f"{store.writer_endpoint_now()} (writer record {store.record!r})")
     path = Path(args.html)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -169,6 +169,12 @@ def test_reads_are_the_workers_view_follow_new_trials_and_a_shrunk_journal(serve
     assert {t._trial_id for t in storage.get_all_trials(0)}.isdisjoint({t._trial_id for t in storage.get_all_trials(1)})
     with pytest.raises(KeyError):
         storage.get_study_id_from_name("nope")
+    # deep copies by default (a consumer may modify them); copy_trials=False hands out the replay's own
+    a, b = storage.get_all_trials(0)[0], storage.get_all_trials(0)[0]
+    assert a is not b and a.params is not b.params and same_trial(a, b)
+    shared = read_only_storage(eps, password=PASSWORD, copy_trials=False)
+    assert shared.get_all_trials(0)[0] is shared.get_all_trials(0)[0]
+    assert all(same_trial(x, y) for x, y in zip(shared.get_all_trials(1), storage.get_all_trials(1)))
 
     # the same object follows new trials
     run_study(tmp_path, eps, "ra", "h3", 40)
