@@ -18,6 +18,10 @@ Ids: study ids count the studies in the order this object first saw them (the st
 set, sorted by name, when first listed); a trial's id is ``study_id << 32 | its id in its
 study's journal``. Both stay the same across a failover.
 
+``get_all_trials`` deep-copies the trials when asked (Optuna's contract: the caller may modify
+them); with ``copy_trials=False`` it hands out the replay's own trials (the HTML report, which
+only reads them: Optuna's plots ask for deep copies several times a plot).
+
 Which methods read is the explicit set :data:`READ_METHODS`; every other public method of
 ``BaseStorage`` is refused, so a write method a later Optuna adds is refused too (the class is
 built from ``BaseStorage``'s own list of methods).
