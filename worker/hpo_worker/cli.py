@@ -26,6 +26,7 @@ examples:
   hpo-worker validate study.yaml
   HPO_KEYDB_ENDPOINTS=198.18.0.11:6379,198.18.0.12:6379 hpo-worker run study.yaml --processes 4
   hpo-worker report --study demo
+  hpo-worker report --html report.html
 
 exit codes: 0 done or stopped cleanly; 2 bad input (spec, endpoints, objective);
 3 no master reachable; 1 anything else."""
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-cache", action="store_true",
                      help="replay every journal from its first entry, and neither read nor write the cache of"
                           " replayed journals ($HPO_CACHE_DIR, default ~/.cache/hpo-worker)")
+    rep.add_argument("--html", metavar="FILE",
+                     help="also write one self-contained HTML page to FILE: the table, the optimisation history,"
+                          " param importances and per-host durations (plotly; the package's 'html' extra)")
 
     tri = sub.add_parser("trials", parents=[common], help="every trial of the studies in the store, as JSON lines",
                          description="One JSON object per line and per trial (studies by name, trials by number):"
@@ -105,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("optuna").setLevel(logging.WARNING)
     try:
         if args.command in ("report", "trials"):
-            return _read(args)  # reads the journal itself: no Optuna import (0.4 s)
+            if getattr(args, "html", None):
+                from .html_report import require_plotly
+
+                require_plotly()  # before reading anything: a clear message when plotly is missing
+            return _read(args)  # reads the journal itself: no Optuna import (0.4 s) unless --html
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -156,6 +164,8 @@ def _read(args: argparse.Namespace) -> int:
             cache = ReportCache(default_dir(), f"{args.namespace} {','.join(sorted(store.endpoints))}",
                                 f"{store.record} {store.writer_endpoint_now()}")
         reports, elapsed = run_report(store.writer, store, args.study, cache)
+        if args.html:
+            written = _write_html(args, store, reports)
     except NoWriter as exc:
         print(f"hpo-worker: error: {exc}", file=sys.stderr)
         return 3
@@ -172,7 +182,33 @@ def _read(args: argparse.Namespace) -> int:
         print(f"hpo-worker: error: {store.writer_endpoint_now()} answered: {exc}", file=sys.stderr)
         return 1
     print(render(reports, elapsed))
+    if args.html:
+        print(written)
     return 0
+
+
+def _write_html(args: argparse.Namespace, store, reports) -> str:
+    """The HTML page of ``reports`` written to ``args.html`` (atomically); says where and how big."""
+    import time
+    from pathlib import Path
+
+    import optuna
+
+    from .html_report import build_html
+    from .readonly_storage import ReadOnlyStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t0 = time.perf_counter()
+    storage = ReadOnlyStorage(store, copy_trials=False)  # the plots only read the trials
+    page = build_html(storage, reports, source=f"{store.writer_endpoint_now()} (writer record {store.record!r})")
+    path = Path(args.html)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise ValueError(f"--html: cannot write {args.html}: {exc}") from None
+    return f"html report: {path} ({path.stat().st_size} bytes, {time.perf_counter() - t0:.1f} s)"
 
 
 def _run(args: argparse.Namespace) -> int:
