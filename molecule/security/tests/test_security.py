@@ -152,8 +152,7 @@ def test_the_token_file_is_for_root_and_ray_only_and_never_on_a_command_line(nam
 def test_every_node_joined_with_the_token_and_a_client_without_it_is_refused():
     assert ray_alive_nodes() == len(NODES)
     # `ray status` with the node's token settings answers
-    with_token = f"set -a; . {AUTH_ENV}; set +a; {RAY}/bin/ray status --address {address(HEAD)}:6333"
-    out = node(HEAD).run(f"bash -c {shlex.quote(with_token)}")
+    out = node(HEAD).run(with_ray_auth(f"{RAY}/bin/ray status --address {address(HEAD)}:6333"))
     assert out.rc == 0 and "Active:" in out.stdout, out.stdout + out.stderr
     # the same command without the token: the GCS refuses it
     out = node(HEAD).run(f"RAY_AUTH_MODE=token {RAY}/bin/ray status --address {address(HEAD)}:6333")
