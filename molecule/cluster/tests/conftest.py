@@ -1,0 +1,17 @@
+"""The cluster scenario's test files run in this order, whatever their names:
+the study's own tests, then the security checks (they read the inventory's
+Ray token and leave the cluster as it was), then the tests that change the
+cluster for good (token rotation, then the removal of a node). A file not
+listed here runs before them, with the first group."""
+
+from __future__ import annotations
+
+ORDER = ["test_cluster.py", "test_security.py", "test_lifecycle.py"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return ORDER.index(name) if name in ORDER else 0
+
+    items.sort(key=rank)  # stable: each file keeps its own order
