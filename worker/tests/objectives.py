@@ -37,3 +37,10 @@ def two(params):
     """Two objectives, for multi-objective studies."""
     record(params)
     return [float(params["x"]), float(params["y"])]
+
+
+def hold_memory(params):
+    """Holds a bytearray of params["mib"] MiB for HPO_TEST_SLEEP seconds (memray peak tests)."""
+    block = bytearray(int(params["mib"]) * 2**20)
+    record(params)
+    return float(len(block) // 2**20)
