@@ -7,12 +7,12 @@ failover (:mod:`.settle`), reaping dead workers' trials (:mod:`.reaper`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-import contextlib
 import traceback
 import uuid
 from typing import Any, Callable
