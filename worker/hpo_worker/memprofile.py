@@ -66,16 +66,26 @@ class MemoryProfiler:
     def track(self, name: str) -> Iterator[Peak]:
         """Track the body into ``DIR/NAME.bin``; after it, ``Peak.bytes`` holds its peak."""
         path = self.dir / f"{name}.bin"
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()  # memray refuses to overwrite; a capture of a requeued trial's earlier run
         peak = Peak(path)
-        tracker = self.memray.Tracker(path, file_format=self.memray.FileFormat.AGGREGATED_ALLOCATIONS)
         try:
-            with tracker:
-                yield peak
+            tracker = self.memray.Tracker(path, file_format=self.memray.FileFormat.AGGREGATED_ALLOCATIONS)
+            tracker.__enter__()
+        except Exception as exc:  # noqa: BLE001 - never FAIL a trial because the profiler could not start
+            log.warning("memray could not start (%r): %s runs without a memory profile", exc, name)
+            yield peak
+            return
+        try:
+            yield peak
         finally:
+            tracker.__exit__(None, None, None)
             try:
-                peak.bytes = int(self.memray.FileReader(path).metadata.peak_memory)
+                reader = self.memray.FileReader(path)
+                try:
+                    peak.bytes = int(reader.metadata.peak_memory)
+                finally:
+                    reader.close()
             except (OSError, RuntimeError, ValueError) as exc:
                 log.warning("memray capture %s not readable, no peak recorded: %r", path, exc)
             self.prune()

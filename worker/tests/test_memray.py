@@ -116,3 +116,20 @@ def test_validate_without_memray_installed_says_how(tmp_path):
     assert p.returncode == 2
     assert f"{spec}: worker.memray: true needs memray" in p.stderr
     assert "pip install 'hpo-worker[memray]'" in p.stderr
+
+
+def test_a_tracker_that_cannot_start_does_not_fail_the_trial(tmp_path, caplog):
+    """In-process, real memray: the capture path is taken by a directory, so memray cannot
+    write it; the body still runs, no peak is recorded, and a warning says why."""
+    from hpo_worker.memprofile import MemoryProfiler
+
+    prof = MemoryProfiler(tmp_path / "caps", keep=5)
+    (tmp_path / "caps" / "s-t1-1.bin").mkdir()
+    ran = []
+    with prof.track("s-t1-1") as peak:
+        ran.append(True)
+    assert ran == [True] and peak.bytes is None
+    assert "memray could not start" in caplog.text
+    with prof.track("s-t2-1") as peak:  # the next one is tracked as usual
+        block = bytearray(4 * MIB)
+    assert 4 * MIB <= peak.bytes <= 4 * MIB + TOLERANCE and len(block) == 4 * MIB
