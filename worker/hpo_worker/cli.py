@@ -131,6 +131,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     spec.build_sampler()
+    _require_memray(spec)
     msg = f"{args.spec}: ok: study {spec.name!r}, {len(spec.space)} params, sampler {spec.sampler['type']}"
     if spec.sampler["type"] == "grid":
         msg += f", {spec.grid_size()} grid points"
@@ -142,6 +143,18 @@ def _validate(args: argparse.Namespace) -> int:
         msg += f", objective {spec.objective} imports"
     print(msg)
     return 0
+
+
+def _require_memray(spec) -> None:
+    """A spec with worker.memray: true where memray cannot be imported: exit 2, saying how to install it."""
+    if spec.memray:
+        from .memprofile import import_memray
+        from .spec import SpecError
+
+        try:
+            import_memray()
+        except ImportError as exc:
+            raise SpecError(f"{spec.path}: worker.memray: true {exc}") from None
 
 
 def _read(args: argparse.Namespace) -> int:
@@ -220,6 +233,7 @@ def _run(args: argparse.Namespace) -> int:
     from .supervisor import run_processes
 
     spec = load_spec(args.spec)
+    _require_memray(spec)
     if args.processes < 1:
         raise ValueError(f"--processes: must be >= 1, got {args.processes}")
     _store(args)  # validate endpoints before forking

@@ -6,7 +6,8 @@ same words, same numbers), then plots made by Optuna's visualisation module on a
 history, the parameter importances (Optuna's default evaluator; left out with a note when the
 study has fewer than two params or fewer than :data:`MIN_IMPORTANCE_TRIALS` COMPLETE trials)
 and, drawn with plotly, the per-host distribution of the durations of the trials each host
-evaluated (the trials the per-host table counts).
+evaluated (the trials the per-host table counts), and, for studies run with the spec's
+``worker.memray``, the peak memory of each evaluated trial per host.
 
 plotly's JavaScript is written once into the page (the first figure), so the file opens
 without a network. plotly is the ``html`` extra of the package (``pip install
@@ -20,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from .report import StudyReport
+from .report import StudyReport, mib
 
 MIN_IMPORTANCE_TRIALS = 10  # COMPLETE trials below which importances are not computed
 PLOTLY_HINT = ("hpo-worker report --html needs plotly, the package's 'html' extra, which is not installed in"
@@ -50,6 +51,17 @@ def _evaluated(trials: list[Any]) -> dict[str, list[float]]:
     return per
 
 
+def _peaks(trials: list[Any]) -> dict[str, list[tuple[int, int]]]:
+    """(trial number, peak bytes) per host of the evaluated trials that carry a peak (spec worker.memray)."""
+    per: dict[str, list[tuple[int, int]]] = {}
+    for t in trials:
+        h = t.user_attrs.get("hpo") or {}
+        peak = h.get("peak_memory_bytes")
+        if t.state.name == "COMPLETE" and "reused_from" not in h and isinstance(peak, int):
+            per.setdefault(str(h.get("host", "?")), []).append((t.number, peak))
+    return per
+
+
 def _counts_line(c: dict[str, int]) -> str:
     return (f"COMPLETE: {c['COMPLETE']} (evaluated {c['evaluated']}, reused {c['reused']};"
             f" duplicate-of-running {c['duplicate_running']}, FAIL {c['FAIL']}, RUNNING {c['RUNNING']},"
@@ -57,10 +69,16 @@ def _counts_line(c: dict[str, int]) -> str:
 
 
 def _table(r: StudyReport) -> str:
+    memory = any(h.peak_count for h in r.hosts)
+
+    def peaks(h: Any) -> str:
+        return f"<td>{mib(h.peak_max)}</td><td>{mib(h.peak_median)}</td>" if memory else ""
+
     rows = "".join(f'<tr class="host"><td>{html.escape(h.host)}</td><td>{h.mean:.2f}</td><td>{h.median:.2f}</td>'
-                   f"<td>{h.count}</td></tr>" for h in r.hosts)
-    return ('<table class="hosts"><thead><tr><th>host</th><th>mean s</th><th>median s</th><th>trials</th></tr>'
-            f"</thead><tbody>{rows}</tbody></table>")
+                   f"<td>{h.count}</td>{peaks(h)}</tr>" for h in r.hosts)
+    extra = "<th>peak MiB max</th><th>peak MiB median</th>" if memory else ""
+    return ('<table class="hosts"><thead><tr><th>host</th><th>mean s</th><th>median s</th><th>trials</th>'
+            f"{extra}</tr></thead><tbody>{rows}</tbody></table>")
 
 
 class _Page:
@@ -125,6 +143,16 @@ def _study_section(page: _Page, storage: Any, r: StudyReport) -> str:
         out.append(page.figure(fig, "durations", r.name))
     else:
         out.append('<p class="note">no evaluated trial yet: no durations</p>')
+
+    peaks = _peaks(trials)
+    if peaks:  # only studies run with worker.memray have a peak per trial
+        out.append("<h3>Peak memory per trial</h3>")
+        order = [h.host for h in r.hosts] + sorted(set(peaks) - {h.host for h in r.hosts})
+        fig = go.Figure([go.Scatter(x=[n for n, _ in peaks[h]], y=[b / 2**20 for _, b in peaks[h]], name=h,
+                                    mode="markers") for h in order if h in peaks])
+        fig.update_layout(title="Peak memory of each evaluated trial (memray)", yaxis_title="MiB",
+                          xaxis_title="trial number")
+        out.append(page.figure(fig, "memory", r.name))
     out.append("</section>")
     return "\n".join(out)
 

@@ -3,7 +3,9 @@
 For each study: its COMPLETE count, then one line per host with the mean and
 median duration of the trials that host evaluated and their count, fastest
 first. Trials that took a value from an identical COMPLETE trial (duplicate
-guard) count as COMPLETE but not as evaluations.
+guard) count as COMPLETE but not as evaluations. When trials carry a peak
+memory (spec ``worker.memray``: ``peak_memory_bytes`` in the ``hpo`` attr),
+each host line also gives the largest and the median peak of its trials.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class HostRow:
     mean: float
     median: float
     count: int
+    peak_max: int | None = None     # bytes: the largest peak memory of the host's trials (memray)
+    peak_median: float | None = None
+    peak_count: int = 0             # trials of the host that carry a peak
 
 
 @dataclass
@@ -67,10 +72,11 @@ class Tally:
 
     def __init__(self, replay: Replay | None = None, counts: list[dict[str, int]] | None = None,
                  durations: list[dict[str, list[float]]] | None = None, pos: int = 0, first: str = "",
-                 last: str = "") -> None:
+                 last: str = "", memory: list[dict[str, list[int]]] | None = None) -> None:
         self.replay = replay if replay is not None else Replay()
         self.counts = counts if counts is not None else []          # per study id: finished trials
         self.durations = durations if durations is not None else []  # per study id: host -> seconds
+        self.memory = memory if memory is not None else []  # per study id: host -> peak bytes (memray)
         self.pos = pos        # journal entries replayed
         self.first = first    # the first of them and the last: how a cache knows the journal is the same
         self.last = last
@@ -101,6 +107,11 @@ class Tally:
                 parse = datetime.fromisoformat
                 d = (parse(t.complete) - parse(t.start)).total_seconds()
                 self.durations[t.study].setdefault(str(h.get("host", "?")), []).append(d)
+                peak = h.get("peak_memory_bytes")
+                if isinstance(peak, int) and not isinstance(peak, bool):
+                    while len(self.memory) <= t.study:
+                        self.memory.append({})
+                    self.memory[t.study].setdefault(str(h.get("host", "?")), []).append(peak)
         elif t.state == PRUNED and "duplicate_of" in h:
             c["duplicate_running"] += 1
         elif t.state == FAIL:
@@ -118,8 +129,13 @@ class Tally:
                 continue
             r = StudyReport(sid, name, dict(self.counts[sid]) if sid < len(self.counts) else _zero_counts())
             hosts = self.durations[sid] if sid < len(self.durations) else {}
+            memory = self.memory[sid] if sid < len(self.memory) else {}
             r.hosts = sorted((HostRow(h, statistics.fmean(v), statistics.median(v), len(v))
                               for h, v in hosts.items()), key=lambda row: (row.mean, row.host))
+            for row in r.hosts:
+                peaks = memory.get(row.host)
+                if peaks:
+                    row.peak_max, row.peak_median, row.peak_count = max(peaks), statistics.median(peaks), len(peaks)
             out.append(r)
         for t in replay.trials:
             if t is not RETIRED and (wanted is None or t.study == wanted):
@@ -143,6 +159,11 @@ def build(entries: Iterable[str], study: str | None = None) -> list[StudyReport]
     return tally.feed(chunk).reports(study)
 
 
+def mib(n: float | None) -> str:
+    """Bytes as MiB with one decimal ("-" for none)."""
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
 def render(reports: list[StudyReport], elapsed: float) -> str:
     lines: list[str] = []
     for r in reports:
@@ -152,9 +173,15 @@ def render(reports: list[StudyReport], elapsed: float) -> str:
                      f" duplicate-of-running {c['duplicate_running']}, FAIL {c['FAIL']},"
                      f" RUNNING {c['RUNNING']}, WAITING {c['WAITING']})")
         width = max([len(h.host) for h in r.hosts] + [4]) + 1
-        lines.append(f"{'host':<{width}}  {'mean s':>8}  {'median s':>8}  {'trials':>7}")
+        memory = any(h.peak_count for h in r.hosts)
+        head = f"{'host':<{width}}  {'mean s':>8}  {'median s':>8}  {'trials':>7}"
+        lines.append(head + (f"  {'peak MiB max':>12}  {'median':>8}" if memory else ""))
         for h in r.hosts:
-            lines.append(f"{h.host + ':':<{width}}  {h.mean:8.2f}  {h.median:8.2f}  {h.count:7d}")
+            line = f"{h.host + ':':<{width}}  {h.mean:8.2f}  {h.median:8.2f}  {h.count:7d}"
+            if memory:
+                line += (f"  {mib(h.peak_max):>12}  {mib(h.peak_median):>8}" if h.peak_count
+                         else f"  {'-':>12}  {'-':>8}")
+            lines.append(line)
         lines.append("")
     lines.append(f"report took {elapsed:.3f} s")
     return "\n".join(lines)

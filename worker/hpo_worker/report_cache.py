@@ -80,7 +80,7 @@ class ReportCache:
                           d.get("source"), self.source)
                 return None
             return Tally(Replay.restore(d["replay"]), d["counts"], d["durations"], int(d["pos"]), d["first"],
-                         d["last"])
+                         d["last"], d["memory"])
         except FileNotFoundError:
             log.debug("%s: not in the cache: replayed whole", key)
             return None
@@ -91,7 +91,7 @@ class ReportCache:
     def save(self, key: str, tally) -> None:
         d = {"format": FORMAT, "code": code_digest(), "store": self.store_id, "source": self.source, "key": key,
              "pos": tally.pos, "first": tally.first, "last": tally.last, "counts": tally.counts,
-             "durations": tally.durations, "replay": tally.replay.snapshot()}
+             "durations": tally.durations, "memory": tally.memory, "replay": tally.replay.snapshot()}
         path = self.path(key)
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ failover (:mod:`.settle`), reaping dead workers' trials (:mod:`.reaper`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -64,6 +65,11 @@ class Worker:
         self.reaper = Reaper(spec, store, self.stop_event)
         self.budget = Budget(spec)
         self.settle = Settle(spec, store, host)
+        self.profiler = None
+        if spec.memray:
+            from .memprofile import MemoryProfiler, state_dir
+
+            self.profiler = MemoryProfiler(state_dir() / "memray" / spec.name, spec.memray_keep)
 
     # ------------------------------------------------------------ view of the study
     def build_view(self) -> None:
@@ -184,24 +190,30 @@ class Worker:
             self._requeue(inf, "stopped before evaluating")
             return
         args = (dict(inf.params), trial) if self.pass_trial else (dict(inf.params),)
+        tracked = (self.profiler.track(f"{spec.name}-t{inf.number}-{os.getpid()}") if self.profiler is not None
+                   else contextlib.nullcontext())
         try:
-            result = self.signals.call_objective(self.objective, *args)
+            with tracked as peak:
+                result = self.signals.call_objective(self.objective, *args)
         except StopNow:
             self._requeue(inf, "SIGTERM")
             return
         except WriterMoved:
             raise
         except optuna.TrialPruned:
+            self._peak(trial, inf, peak)
             self.evaluations += 1
             settle.release_claim(inf)
             self.inflight = None
             study.tell(trial, state=TrialState.PRUNED)
             return
         except Exception as exc:  # noqa: BLE001 - the user's objective failed: FAIL, retried up to max_attempts
+            self._peak(trial, inf, peak)
             self.evaluations += 1
             settle.failed(study, inf, f"raised {exc!r}", traceback.format_exc())
             self.inflight = None
             return
+        self._peak(trial, inf, peak)
         self.evaluations += 1
         try:
             values = objective_values(result, len(spec.directions))
@@ -227,6 +239,14 @@ class Worker:
                         inf.number)
         self._confirm(inf)
         self.inflight = None
+
+    def _peak(self, trial: optuna.Trial | None, inf: InFlight, peak: Any) -> None:
+        """The peak memory memray measured (if it did) into ``inf`` and into the trial's hpo attr."""
+        if peak is None or peak.bytes is None:
+            return
+        inf.peak_memory = peak.bytes
+        if trial is not None:
+            trial.set_user_attr("hpo", self.settle.attrs(inf))
 
     def _confirm(self, inf: InFlight) -> None:
         """WAIT for the standbys. A result no standby acknowledged is kept (the last few) and

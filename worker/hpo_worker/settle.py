@@ -33,6 +33,7 @@ class InFlight:
     values: list[float] | None = None
     attempts: int = 0  # failed evaluations of these params before this one
     started: float = field(default_factory=time.time)
+    peak_memory: int | None = None  # bytes, measured by memray (spec worker.memray)
 
 
 class Settle:
@@ -44,7 +45,10 @@ class Settle:
 
     def attrs(self, inf: InFlight, **extra: Any) -> dict[str, Any]:
         """The ``hpo`` user attr of a trial."""
-        return {"host": self.host, "pid": os.getpid(), "token": inf.token, **extra}
+        attrs = {"host": self.host, "pid": os.getpid(), "token": inf.token, **extra}
+        if inf.peak_memory is not None:
+            attrs["peak_memory_bytes"] = inf.peak_memory
+        return attrs
 
     def release_claim(self, inf: InFlight) -> None:
         self.store.update_claim(self.spec.name, inf.fingerprint, inf.token, None)

@@ -31,6 +31,7 @@ OBJECTIVE_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 GRID_MAX_POINTS = 10_000_000
 SEED_MAX = 2**32 - 1  # numpy's RandomState accepts 0 .. 2**32 - 1
 MAX_ATTEMPTS_DEFAULT = 3
+MEMRAY_KEEP_DEFAULT = 100  # memray capture files kept per study and host (worker.memray_keep)
 # Exact decimal arithmetic on any two floats: 1e308 / 5e-324 has about 630 digits.
 _EXACT = Context(prec=1000, Emax=10_000, Emin=-10_000)
 
@@ -114,6 +115,8 @@ class StudySpec:
     heartbeat_interval: float = 2.0
     heartbeat_ttl: float = 10.0
     max_attempts: int = MAX_ATTEMPTS_DEFAULT
+    memray: bool = False
+    memray_keep: int = MEMRAY_KEEP_DEFAULT
 
     def distributions(self) -> dict[str, BaseDistribution]:
         return {p.name: p.distribution() for p in self.space}
@@ -268,18 +271,25 @@ def parse_spec(data: Any, path: str = "<spec>") -> StudySpec:
     worker = data.get("worker", {}) or {}
     if not isinstance(worker, dict):
         raise c.fail("worker", "must be a mapping")
-    c.keys(worker, {"heartbeat_interval", "heartbeat_ttl", "max_attempts"}, "worker")
+    c.keys(worker, {"heartbeat_interval", "heartbeat_ttl", "max_attempts", "memray", "memray_keep"}, "worker")
     hb_interval = c.number(worker, "heartbeat_interval", "worker", required=False, positive=True) or 2.0
     hb_ttl = c.number(worker, "heartbeat_ttl", "worker", required=False, positive=True) or 5.0 * hb_interval
     if hb_ttl < 2 * hb_interval:
         raise c.fail("worker.heartbeat_ttl",
                      f"must be at least twice heartbeat_interval ({2 * hb_interval}), got {hb_ttl}")
     max_attempts = c.number(worker, "max_attempts", "worker", required=False, integer=True, positive=True)
+    memray = worker.get("memray", False)
+    if not isinstance(memray, bool):
+        raise c.fail("worker.memray", f"must be true or false, got {memray!r}")
+    memray_keep = c.number(worker, "memray_keep", "worker", required=False, integer=True, positive=True)
+    if memray_keep is not None and not memray:
+        raise c.fail("worker.memray_keep", "only applies with memray: true (no capture files are written)")
 
     return StudySpec(path=path, name=name, directions=tuple(raw_dirs), sampler=sampler, space=space,
                      objective=objective, n_trials=n_trials, timeout=timeout,
                      heartbeat_interval=float(hb_interval), heartbeat_ttl=float(hb_ttl),
-                     max_attempts=max_attempts or MAX_ATTEMPTS_DEFAULT)
+                     max_attempts=max_attempts or MAX_ATTEMPTS_DEFAULT, memray=memray,
+                     memray_keep=memray_keep or MEMRAY_KEEP_DEFAULT)
 
 
 def _parse_space(c: _Checker, raw: Any) -> tuple[Param, ...]:

@@ -37,3 +37,19 @@ def two(params):
     """Two objectives, for multi-objective studies."""
     record(params)
     return [float(params["x"]), float(params["y"])]
+
+
+def hold_memory(params):
+    """Holds a bytearray of params["mib"] MiB for HPO_TEST_SLEEP seconds (memray peak tests)."""
+    block = bytearray(int(params["mib"]) * 2**20)
+    record(params)
+    return float(len(block) // 2**20)
+
+
+def alloc_work(params):
+    """Some allocation-heavy work (a few ms): many small objects and a few larger buffers;
+    what benchmarks/bench_memray.py times with and without memray."""
+    items = [float(i) * params["x"] for i in range(20_000)]
+    buffers = [bytearray(256 * 1024) for _ in range(8)]
+    text = ",".join(str(v) for v in items[:5_000])
+    return float(len(text) + len(buffers)) * 0.0 + sum(items) * 1e-9
