@@ -162,3 +162,28 @@ def test_kill_9_trial_is_reaped_and_requeued() -> None:
         return props if props["SubState"] == "running" and int(props["NRestarts"]) > int(before["NRestarts"]) else None
 
     wait_for(f"systemd to restart the killed worker on {name}", restarted, timeout=60)
+
+
+def test_memray_records_each_trials_peak_memory() -> None:
+    """The mem study (worker.memray, memray_keep 3): every trial holds 32 MiB;
+    the peak memray recorded is that, plus at most 2 MiB of everything else
+    the objective allocated; the report has the peak columns; the role
+    installed memray on every node; a node keeps at most 3 capture files."""
+    mib, held, tolerance = 2**20, 32 * 2**20, 2 * 2**20
+
+    def finished() -> list[dict] | None:
+        every = trials("mem")
+        return every if sum(t["state"] == "COMPLETE" for t in every) >= 12 else None
+
+    done = [t for t in wait_for("the mem study to reach its budget", finished, timeout=300, interval=3)
+            if t["state"] == "COMPLETE"]
+    peaks = {t["number"]: t["hpo"].get("peak_memory_bytes") for t in done}
+    record(memray_peak_mib={str(n): round(p / mib, 2) for n, p in peaks.items() if p is not None})
+    assert all(isinstance(p, int) and held <= p <= held + tolerance for p in peaks.values()), peaks
+    assert "peak MiB max" in report("mem")
+    ran = {t["host"] for t in done}
+    for name in NODES:
+        host = node(name)
+        assert host.run(f"{VENV}/bin/python -c 'import memray'").rc == 0, f"{name}: memray not installed"
+        kept = int(host.check_output("find /var/lib/hpo-worker/memray/mem -name '*.bin' 2>/dev/null | wc -l"))
+        assert (1 if name in ran else 0) <= kept <= 3, f"{name}: {kept} capture files"

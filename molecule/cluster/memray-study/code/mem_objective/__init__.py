@@ -1,0 +1,1 @@
+"""Objective of the molecule cluster scenario's memray study."""
