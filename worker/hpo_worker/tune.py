@@ -16,9 +16,9 @@ was stopped early and how many times PBT made it exploit another trial, so
   when it ends (COMPLETE, or FAIL when it raised), with its per-epoch values as
   intermediate values.
 
-At the end it prints one line ``HPO_TUNE_SUMMARY {json}`` (best score, trials, stopped
-early, exploited, wall time) that ``hpo-tune submit`` reads from the job's log, and exits
-1 when a trial failed (its error printed), 2 on a bad spec.
+After each experiment it prints one line ``HPO_TUNE_SUMMARY {json}`` (best score, trials, stopped
+early, exploited, wall time) that ``hpo-tune submit`` reads from the job's log, and it exits
+1 when a trial failed (its error printed), 2 on a bad spec or store setting.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def _pbt(spec: TuneSpec, tracker: Tracker):
     return _CountingPBT(time_attr="training_iteration", perturbation_interval=s["perturbation_interval"],
                         hyperparam_mutations=mutations, quantile_fraction=s["quantile_fraction"],
                         resample_probability=s["resample_probability"], metric=spec.metric, mode=spec.mode,
-                        synch=False)
+                        synch=s["synch"])
 
 
 def run_experiment(spec: TuneSpec, store: Store, storage_path: str | None = None) -> dict[str, Any]:
@@ -301,7 +301,7 @@ def run_experiment(spec: TuneSpec, store: Store, storage_path: str | None = None
                                   reduction_factor=s["reduction_factor"], metric=spec.metric, mode=spec.mode)
     elif kind == "pbt":
         scheduler = _pbt(spec, tracker)
-    res = {k if k in ("cpu", "gpu") else k: v for k, v in spec.resources.items() if v > 0}
+    res = {k: v for k, v in spec.resources.items() if v > 0}
     trainable = tune.with_resources(trainable, res)
     tune_config = tune.TuneConfig(
         num_samples=spec.n_trials, search_alg=searcher, scheduler=scheduler,
@@ -344,18 +344,19 @@ def store_from_env() -> Store:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hpo_worker.tune",
-                                 description="Run one Tune experiment spec on the Ray cluster this process "
-                                             "reaches (a Ray job's entrypoint); store from HPO_KEYDB_ENDPOINTS, "
-                                             "HPO_KEYDB_USERNAME, HPO_KEYDB_PASSWORD.")
-    ap.add_argument("spec")
+                                 description="Run Tune experiment specs, one after another, on the Ray cluster this "
+                                             "process reaches (a Ray job's entrypoint); store from HPO_KEYDB_ENDPOINTS,"
+                                             " HPO_KEYDB_USERNAME, HPO_KEYDB_PASSWORD.")
+    ap.add_argument("specs", nargs="+", metavar="SPEC")
     ap.add_argument("--code-dir", default=".", help="prepended to sys.path (default: the job's working dir)")
     ap.add_argument("--storage-path", help="Tune's storage path (default: the spec's, else Ray's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=os.environ.get("HPO_LOG_LEVEL", "WARNING"), stream=sys.stderr)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        spec = load_tune_spec(args.spec)
-    except SpecError as exc:
+        specs = [load_tune_spec(p) for p in args.specs]  # all checked before the first runs
+        store = store_from_env()
+    except (SpecError, ValueError) as exc:
         print(f"hpo-tune: error: {exc}", file=sys.stderr)
         return 2
     sys.path.insert(0, os.path.abspath(args.code_dir))
@@ -364,15 +365,17 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init(address=os.environ.get("HPO_RAY_ADDRESS") or None, log_to_driver=True)
-    store = store_from_env()
+    failed = False
     try:
-        summary = run_experiment(spec, store, args.storage_path)
+        for spec in specs:
+            summary = run_experiment(spec, store, args.storage_path)
+            for e in summary["errors"]:
+                print(f"trial error ({spec.name}):\n{e}", flush=True)
+            print(f"{SUMMARY_TAG} {json.dumps(summary, sort_keys=True)}", flush=True)
+            failed = failed or bool(summary["errors"] or summary["failed"])
     finally:
         store.close()
-    for e in summary["errors"]:
-        print(f"trial error:\n{e}", flush=True)
-    print(f"{SUMMARY_TAG} {json.dumps(summary, sort_keys=True)}", flush=True)
-    return 1 if summary["errors"] or summary["failed"] else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -163,7 +163,11 @@ def _parse_search(c: _Checker, raw: Any, space: tuple[Param, ...], epochs: int) 
             raise c.fail("search.reduction_factor", f"must be > 1, got {rf}")
         out.update(max_t=max_t, grace_period=grace, reduction_factor=rf)
     if kind == "pbt":
-        allowed |= {"perturbation_interval", "hyperparam_mutations", "quantile_fraction", "resample_probability"}
+        allowed |= {"perturbation_interval", "hyperparam_mutations", "quantile_fraction", "resample_probability",
+                    "synch"}
+        synch = raw.get("synch", False)
+        if not isinstance(synch, bool):
+            raise c.fail("search.synch", f"must be true or false, got {synch!r}")
         pi = c.number(raw, "perturbation_interval", "search", integer=True, positive=True)
         if pi >= epochs:
             raise c.fail("search.perturbation_interval", f"must be < epochs ({epochs}) or PBT never acts, got {pi}")
@@ -175,7 +179,7 @@ def _parse_search(c: _Checker, raw: Any, space: tuple[Param, ...], epochs: int) 
         rp = 0.25 if rp is None else rp
         if not 0 <= rp <= 1:
             raise c.fail("search.resample_probability", f"must be in [0, 1], got {rp}")
-        out.update(perturbation_interval=pi, quantile_fraction=qf, resample_probability=rp,
+        out.update(perturbation_interval=pi, quantile_fraction=qf, resample_probability=rp, synch=synch,
                    hyperparam_mutations=_parse_mutations(c, raw.get("hyperparam_mutations"), space))
     c.keys(raw, allowed, "search")
     return out
