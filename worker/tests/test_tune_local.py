@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,9 @@ def ray_head():
     token = tmp / "token"
     token.write_text(secrets.token_urlsafe(32))
     token.chmod(0o600)
+    # RAY_raylet_start_wait_time_s: on a loaded 2-core machine the raylet can take over a minute
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
-               PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+               RAY_raylet_start_wait_time_s="180", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
     gcs, dash, client_port, agent = free_port(), free_port(), free_port(), free_port()
     lo = 30000 + (os.getpid() % 200) * 100  # a worker-port range of our own
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
@@ -75,20 +77,20 @@ def ray_head():
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
-        from ray.job_submission import JobSubmissionClient
-
-        deadline = time.time() + 120
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        # ready when the Jobs API answers our token (a bearer token, docs/security.md)
+        req = urllib.request.Request(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token.read_text()}"})
+        deadline = time.time() + 200
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"ray start exited {proc.returncode}: {(tmp / 'ray-start.log').read_text()[-2000:]}")
             try:
-                JobSubmissionClient(address).list_jobs()
-                break
-            except Exception:  # noqa: BLE001 - the dashboard is not up yet
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:  # not up yet (refused, 503, ...)
                 if time.time() > deadline:
                     raise
-                time.sleep(1)
+            time.sleep(1)
         yield {"address": address, "env": env, "tmp": tmp}
     finally:
         _kill_group(proc, str(tmp))
