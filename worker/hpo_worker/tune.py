@@ -306,7 +306,9 @@ def run_experiment(spec: TuneSpec, store: Store, storage_path: str | None = None
     tune_config = tune.TuneConfig(
         num_samples=spec.n_trials, search_alg=searcher, scheduler=scheduler,
         max_concurrent_trials=spec.max_concurrent_trials, time_budget_s=spec.timeout,
-        # metric/mode go to the searcher and scheduler, each set above
+        # one actor runs trial after trial (and a PBT trial after a pause): no new process, no new
+        # imports per trial; metric and mode are given to the searcher and scheduler above
+        reuse_actors=True,
     )
     run_config = tune.RunConfig(
         name=f"{spec.name}-{int(time.time())}", storage_path=storage_path or spec.storage_path,
