@@ -238,9 +238,18 @@ def _optuna_search(spec: TuneSpec, storage: JournalStorage, tracker: Tracker):
                 if not error and its < tracker.limit():
                     tracker.stopped_early.add(trial_id)
                 try:
+                    # a result that made the scheduler stop the trial reaches on_trial_complete only,
+                    # not on_trial_result: report the epochs OptunaSearch has not seen
+                    seen = ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values
+                    values = dict(tracker.values.get(trial_id, {}))
+                    if result and isinstance(result.get(self.metric), (int, float)):
+                        values[int(result.get("training_iteration", 0))] = float(result[self.metric])
+                    for step, v in sorted(values.items()):
+                        if step not in seen and math.isfinite(v):
+                            ot_trial.report(v, step)
                     ot_trial.set_user_attr("hpo", tracker.attrs(trial_id))
                 except Exception:  # noqa: BLE001 - the value still gets recorded by the tell below
-                    log.exception("could not set the hpo attr of trial %s", trial_id)
+                    log.exception("could not record the epochs and hpo attr of trial %s", trial_id)
             super().on_trial_complete(trial_id, result=result, error=error)
 
     ss = study_spec(spec)

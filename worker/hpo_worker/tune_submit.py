@@ -107,8 +107,18 @@ def submit(args: argparse.Namespace, specs: list) -> int:
             runtime_env["pip"] = list(args.pip)
         client = JobSubmissionClient(args.address)
         entry = " ".join(["python", "-m", "hpo_worker.tune", *rel])
-        job = client.submit_job(entrypoint=entry, runtime_env=runtime_env,
-                                metadata={"hpo_tune": ",".join(s.name for s in specs)})
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                job = client.submit_job(entrypoint=entry, runtime_env=runtime_env,
+                                        metadata={"hpo_tune": ",".join(s.name for s in specs)})
+                break
+            except RuntimeError as exc:
+                # a head that just started answers 500 until its dashboard agent registers
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                print("hpo-tune: the head has no job agent yet; trying again", file=sys.stderr, flush=True)
+                time.sleep(3)
     print(f"hpo-tune: submitted job {job} to {args.address}: {', '.join(s.name for s in specs)}", flush=True)
     summaries, status = follow(client, job, args.timeout)
     if summaries:
