@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--json", action="store_true", required=True, help="JSON lines (the only format)")
     tri.add_argument("--study", help="only this study (default: every study in the store)")
 
-    das = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard of every study, read-only, behind a token",
+    das = sub.add_parser("dashboard", parents=[common],
+                         help="optuna-dashboard of every study, read-only, behind a token",
                          description="Serve optuna-dashboard for every study in the store through the read-only"
                                      " storage (it follows a failover; every write is refused with 403). Access"
                                      " needs the token in --token-file (the cluster's Ray token): the header"
@@ -230,10 +231,9 @@ def _write_html(args: argparse.Namespace, store, reports) -> str:
 
 def _dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard over the read-only storage until stopped."""
+    from .dashboard import read_token, serve
     from .election import NoWriter, StoreAuthError
     from .readonly_storage import ReadOnlyStorage
-
-    from .dashboard import read_token, serve
 
     try:
         import optuna_dashboard  # noqa: F401

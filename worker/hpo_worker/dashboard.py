@@ -126,8 +126,8 @@ class TokenGate:
             return self._reply(start_response, "303 See Other", "", "text/plain", [("Location", LOGIN_PATH)])
         if method in WRITE_METHODS:
             log.warning("refused %s %s: read-only dashboard", method, path)
-            return self._reply(start_response, "403 Forbidden", json.dumps({"reason": f"{method} {path}: {WRITE_REFUSAL}"}),
-                               "application/json")
+            reason = json.dumps({"reason": f"{method} {path}: {WRITE_REFUSAL}"})
+            return self._reply(start_response, "403 Forbidden", reason, "application/json")
         return self.app(environ, start_response)
 
 

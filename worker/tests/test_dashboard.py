@@ -13,9 +13,8 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from hpo_worker.readonly_storage import read_only_storage
 from conftest import PASSWORD, free_port, start_worker, worker_env, write_spec
-
+from hpo_worker.readonly_storage import read_only_storage
 
 TOKEN = "dashboard-test-token-0123456789-abcdefghij"
 SPACE = {"x": {"type": "int", "low": 0, "high": 99}, "y": {"type": "float", "low": 0.0, "high": 1.0}}
