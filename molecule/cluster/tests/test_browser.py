@@ -157,18 +157,22 @@ def test_a_write_through_the_dashboard_api_is_refused_and_the_study_is_unchanged
 
 
 def test_ray_dashboard_with_the_token_lists_every_node(page) -> None:
-    addresses = {n: RUNNER.get_variables(n)["cluster_address"] for n in
-                 RUNNER.get_hosts("ray_head") + RUNNER.get_hosts("ray_workers")}
+    ray_nodes = sorted(RUNNER.get_hosts("ray_head") + RUNNER.get_hosts("ray_workers"))
     page.goto(RAY_DASHBOARD + "/")
-    token_box = page.locator("input[type=password]")
-    token_box.wait_for()
+    box = page.get_by_placeholder("Enter your authentication token")  # Ray's own token dialog
+    box.fill("not-the-token-not-the-token-not-the-token")
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text("Invalid authentication token").wait_for()
     shot(page, "ray-dashboard-login")
-    token_box.fill(TOKEN)
-    token_box.press("Enter")
-    token_box.wait_for(state="detached")
+    box.fill(TOKEN)
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text("Authentication Token Required").wait_for(state="detached")
+    assert any(c["name"] == "ray-authentication-token" and c["httpOnly"] for c in page.context.cookies())
     page.goto(RAY_DASHBOARD + "/#/cluster")
-    for address in addresses.values():
-        page.get_by_text(address).first.wait_for()
+    page.get_by_text(f"ALIVE x {len(ray_nodes)}").wait_for()
+    for name in ray_nodes:
+        page.get_by_text(name, exact=True).first.wait_for()
+        page.get_by_text(RUNNER.get_variables(name)["cluster_address"]).first.wait_for()
     shot(page, "ray-dashboard-cluster")
 
 
