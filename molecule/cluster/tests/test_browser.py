@@ -175,8 +175,8 @@ def test_ray_dashboard_with_the_token_lists_every_node(page) -> None:
     shot(page, "ray-dashboard-cluster")
 
 
-def test_html_report_shows_its_table_and_plots(page, tmp_path) -> None:
-    digits_finished()
+def test_html_report_shows_its_table_and_plots(page) -> None:
+    complete = sum(t["state"] == "COMPLETE" for t in digits_finished())
     remote = "/root/hpo-report-browser-test.html"
     out = node(HEAD).run(with_store_env(f"{VENV}/bin/hpo-worker report --study {DIGITS} --html {remote}"))
     assert out.rc == 0, out.stderr[-3000:]
@@ -188,6 +188,7 @@ def test_html_report_shows_its_table_and_plots(page, tmp_path) -> None:
     table.first.wait_for()
     hosts = [h.strip() for h in table.first.locator("tbody tr td:first-child").all_inner_texts()]
     assert sorted(h.rstrip(":") for h in hosts) == NODES, hosts
+    assert page.get_by_text(f"COMPLETE: {complete} (").count() == 1  # the store's count
     plots = page.locator(".js-plotly-plot")
     wait_for("the report's plots to be drawn", lambda: plots.count() >= 3, timeout=45, interval=1)
     assert page.locator(".js-plotly-plot .main-svg").count() >= 3
