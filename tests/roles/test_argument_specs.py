@@ -20,6 +20,7 @@ ROLES = {
     "cluster": ("cluster_", "_cluster_", set()),
     "firewall": ("firewall_", "_firewall_", set()),
     "keydb": ("keydb_", "_keydb_", set()),
+    "optuna_dashboard": ("optuna_dashboard_", "_optuna_dashboard_", set()),
     "optuna_worker": ("optuna_worker_", "_optuna_worker_", set()),
     "ray": ("ray_", "_ray_", {"ray_node_kind", "ray_start_args", "ray_gcs_address", "ray_num_cpus"}),
     "ray_head": ("ray_head_", "_ray_head_", set()),

@@ -27,6 +27,7 @@ examples:
   HPO_KEYDB_ENDPOINTS=198.18.0.11:6379,198.18.0.12:6379 hpo-worker run study.yaml --processes 4
   hpo-worker report --study demo
   hpo-worker report --html report.html
+  hpo-worker dashboard --host 198.18.0.11 --port 8266 --token-file /etc/ray/auth_token
 
 exit codes: 0 done or stopped cleanly; 2 bad input (spec, endpoints, objective);
 3 no master reachable; 1 anything else."""
@@ -81,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     tri.add_argument("--json", action="store_true", required=True, help="JSON lines (the only format)")
     tri.add_argument("--study", help="only this study (default: every study in the store)")
 
+    das = sub.add_parser("dashboard", parents=[common],
+                         help="optuna-dashboard of every study, read-only, behind a token",
+                         description="Serve optuna-dashboard for every study in the store through the read-only"
+                                     " storage (it follows a failover; every write is refused with 403). Access"
+                                     " needs the token in --token-file (the cluster's Ray token): the header"
+                                     " 'Authorization: Bearer TOKEN', or the form at /login, which sets an HttpOnly"
+                                     " cookie. Needs the package's 'dashboard' extra (optuna-dashboard).")
+    das.add_argument("--host", required=True, help="address to bind (the head's cluster address; not 0.0.0.0)")
+    das.add_argument("--port", type=int, default=8266, help="port (default 8266)")
+    auth = das.add_mutually_exclusive_group()
+    auth.add_argument("--token-file", default=os.environ.get("HPO_DASHBOARD_TOKEN_FILE"),
+                      help="file holding the token (env HPO_DASHBOARD_TOKEN_FILE); never the token itself")
+    auth.add_argument("--no-auth", action="store_true",
+                      help="no token (only for a cluster that runs Ray without one, ray_allow_unauthenticated)")
+
     val = sub.add_parser("validate", parents=[common], help="check a study spec (and import its objective)",
                          description="Check SPEC; exit 2 naming the file and field when it is invalid. "
                                      "With --code-dir (or HPO_CODE_DIR) the objective is imported too.")
@@ -117,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if args.command == "dashboard":
+            return _dashboard(args)
         if args.command == "validate":
             return _validate(args)
         return _run(args)
@@ -222,6 +240,38 @@ def _write_html(args: argparse.Namespace, store, reports) -> str:
     except OSError as exc:
         raise ValueError(f"--html: cannot write {args.html}: {exc}") from None
     return f"html report: {path} ({path.stat().st_size} bytes, {time.perf_counter() - t0:.1f} s)"
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard over the read-only storage until stopped."""
+    from .dashboard import read_token, serve
+    from .election import NoWriter, StoreAuthError
+    from .readonly_storage import ReadOnlyStorage
+
+    try:
+        import optuna_dashboard  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"dashboard: {exc.name} is not installed: install the package's 'dashboard' extra"
+                         " (pip install 'hpo-worker[dashboard]')") from None
+    if not args.no_auth and not args.token_file:
+        raise ValueError("dashboard: give --token-file (or HPO_DASHBOARD_TOKEN_FILE), or --no-auth for a cluster"
+                         " without Ray's token")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port: must be 1-65535, got {args.port}")
+    token = None if args.no_auth else read_token(args.token_file)
+    store = _store(args, read_only=True)
+    try:
+        storage = ReadOnlyStorage(store)
+    except (NoWriter, StoreAuthError) as exc:
+        print(f"hpo-worker: error: {exc}", file=sys.stderr)
+        return 3 if isinstance(exc, NoWriter) else 2
+    try:
+        serve(storage, args.host, args.port, token)
+    except OSError as exc:
+        raise ValueError(f"--host/--port: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # docs/security.md, "Listening sockets": the ports of the roles' defaults, on
 # the node's cluster address (and maybe loopback too).
-HEAD_ONLY = {8265: "dashboard + job API", 10001: "Ray Client server"}
+HEAD_ONLY = {8265: "dashboard + job API", 8266: "optuna-dashboard", 10001: "Ray Client server"}
 EVERY_RAY_NODE = {6342: "runtime env agent", 6344: "dashboard agent HTTP"}
 STORE = {6379: "store (redis-server here, KeyDB in production)"}
 # Ray 2.60 has no bind-address option for these: they listen on every
@@ -248,7 +248,7 @@ def test_what_an_unauthenticated_client_gets_from_each_port():
     # HTTP from the same member (the host firewall lets only members reach these ports)
     http_targets = {f"{name}:{port}{path}": f"http://{address(name)}:{port}{path}"
                     for name in NODES
-                    for port, path in ((8265, "/api/jobs/"), (6344, "/api/job_agent/jobs/"), (6342, "/"),
+                    for port, path in ((8265, "/api/jobs/"), (8266, "/api/studies"), (6344, "/api/job_agent/jobs/"), (6342, "/"),
                                        (6345, "/metrics"), (44217, "/metrics"), (44227, "/metrics"))
                     if port in expected_ports(name)}
     http = json.loads(node(prober).check_output(
@@ -262,6 +262,7 @@ def test_what_an_unauthenticated_client_gets_from_each_port():
     refused = {t: c for t, c in grpc_results.items() if c == "UNAUTHENTICATED"}
     assert refused == grpc_results, f"answered without the token: {set(grpc_results) - set(refused)}"
     assert http[f"{HEAD}:8265/api/jobs/"] == 401
+    assert http[f"{HEAD}:8266/api/studies"] == 401  # optuna-dashboard: the same token
     assert all(code == 401 for key, code in http.items() if ":6344/" in key), http
     assert all("NOAUTH" in reply for reply in store.values()), store
 
@@ -282,7 +283,7 @@ for target in sys.argv[1:]:
         out[target] = f"error: {exc}"
 print(json.dumps(out))
 """
-PEOPLE_PORTS = (8265, 10001)  # firewall_workstations (this machine, in the test bed) reach these
+PEOPLE_PORTS = (8265, 8266, 10001)  # firewall_workstations (this machine, in the test bed) reach these
 
 
 def firewall_targets() -> list[str]:
