@@ -216,17 +216,20 @@ class _Checker:
                             f"unknown field (allowed: {', '.join(sorted(allowed))})")
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    path = str(path)
+def read_spec_file(path: str) -> Any:
+    """The YAML document in PATH; SpecError naming the file when it cannot be read or parsed."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec file: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    return parse_spec(data, path)
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    return parse_spec(read_spec_file(str(path)), str(path))
 
 
 def parse_spec(data: Any, path: str = "<spec>") -> StudySpec:

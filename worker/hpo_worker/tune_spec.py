@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .spec import NAME_RE, OBJECTIVE_RE, Param, SpecError, _Checker, _parse_sampler, _parse_space
+from .spec import NAME_RE, OBJECTIVE_RE, Param, SpecError, _Checker, _parse_sampler, _parse_space, read_spec_file
 
 SEARCHES = ("random", "asha", "optuna", "optuna+asha", "pbt")
 # the worker's samplers that make sense for one metric inside Ray's OptunaSearch
@@ -52,16 +50,7 @@ class TuneSpec:
 
 
 def load_tune_spec(path: str | Path) -> TuneSpec:
-    path = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read the spec file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    return parse_tune_spec(data, path)
+    return parse_tune_spec(read_spec_file(str(path)), str(path))
 
 
 def parse_tune_spec(data: Any, path: str = "<spec>") -> TuneSpec:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +97,7 @@ def ray_head():
     finally:
         _kill_group(proc, str(tmp))
         log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,9 @@ def store_server(tmp_path_factory):
 def spec(path: Path, name: str, search, n_trials: int, epochs: int, **extra) -> Path:
     d = {"name": name, "objective": "tune_digits.mlp:train", "metric": "accuracy", "direction": "maximize",
          "epochs": epochs, "space": SPACE, "budget": {"n_trials": n_trials, "timeout": 240},
-         "search": search, "resources_per_trial": {"cpu": 1}}
+         "search": search, "resources_per_trial": {"cpu": 1},
+         # Tune's results and checkpoints in the test's directory, not ~/ray_results
+         "storage_path": str(path / "tune-results")}
     d.update(extra)
     p = path / f"{name}.yaml"
     p.write_text(yaml.safe_dump(d))
