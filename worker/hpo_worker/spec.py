@@ -232,15 +232,22 @@ def load_spec(path: str | Path) -> StudySpec:
     return parse_spec(read_spec_file(str(path)), str(path))
 
 
-def parse_spec(data: Any, path: str = "<spec>") -> StudySpec:
+def check_top(data: Any, path: str, allowed: set[str]) -> tuple[_Checker, str]:
+    """The checks every spec starts with (study and Tune): a mapping of ALLOWED
+    fields with a valid name. Its checker (errors naming PATH) and the name."""
     c = _Checker(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a YAML mapping")
-    c.keys(data, {"name", "direction", "directions", "sampler", "space", "budget", "objective", "worker"}, "")
-
+    c.keys(data, allowed, "")
     name = data.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise c.fail("name", f"required; letters, digits, '_', '.', '-' only, got {name!r}")
+    return c, name
+
+
+def parse_spec(data: Any, path: str = "<spec>") -> StudySpec:
+    c, name = check_top(data, path, {"name", "direction", "directions", "sampler", "space", "budget",
+                                     "objective", "worker"})
 
     if "direction" in data and "directions" in data:
         raise c.fail("directions", "give either direction or directions, not both")

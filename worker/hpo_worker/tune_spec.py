@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spec import NAME_RE, OBJECTIVE_RE, Param, SpecError, _Checker, _parse_sampler, _parse_space, read_spec_file
+from .spec import (
+    NAME_RE,
+    OBJECTIVE_RE,
+    Param,
+    _Checker,
+    _parse_sampler,
+    _parse_space,
+    check_top,
+    read_spec_file,
+)
 
 SEARCHES = ("random", "asha", "optuna", "optuna+asha", "pbt")
 # the worker's samplers that make sense for one metric inside Ray's OptunaSearch
@@ -54,14 +63,7 @@ def load_tune_spec(path: str | Path) -> TuneSpec:
 
 
 def parse_tune_spec(data: Any, path: str = "<spec>") -> TuneSpec:
-    c = _Checker(path)
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: the spec must be a YAML mapping")
-    c.keys(data, TOP_FIELDS, "")
-
-    name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise c.fail("name", f"required; letters, digits, '_', '.', '-' only, got {name!r}")
+    c, name = check_top(data, path, TOP_FIELDS)
     direction = data.get("direction", "maximize")
     if direction not in ("minimize", "maximize"):
         raise c.fail("direction", f"must be 'minimize' or 'maximize' (one metric), got {direction!r}")

@@ -6,6 +6,7 @@ KeyDB active replicas (see README "What only KeyDB's active replication gives").
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -130,6 +131,25 @@ def servers(tmp_path):
     yield make
     for r in made:
         r.stop()
+
+
+# spec_with(BASE, a__b=value): a copy of the spec mapping BASE with the field
+# a.b set to value, or removed when value is DELETE.
+DELETE = object()
+
+
+def spec_with(base: dict, **changes) -> dict:
+    d = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        keys = dotted.split("__")
+        node = d
+        for k in keys[:-1]:
+            node = node[k]
+        if value is DELETE:
+            node.pop(keys[-1])
+        else:
+            node[keys[-1]] = value
+    return d
 
 
 def write_spec(path: Path, **overrides) -> Path:

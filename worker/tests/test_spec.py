@@ -3,8 +3,10 @@
 import subprocess
 import sys
 
+import conftest
 import pytest
 import yaml
+from conftest import DELETE
 from hpo_worker.spec import SpecError, load_spec, params_fingerprint, parse_spec
 
 BASE = {
@@ -22,17 +24,7 @@ BASE = {
 
 
 def spec_with(**changes):
-    d = yaml.safe_load(yaml.safe_dump(BASE))
-    for dotted, value in changes.items():
-        node = d
-        keys = dotted.split("__")
-        for k in keys[:-1]:
-            node = node[k]
-        if value is KeyError:
-            node.pop(keys[-1])
-        else:
-            node[keys[-1]] = value
-    return d
+    return conftest.spec_with(BASE, **changes)
 
 
 def test_valid_spec_builds_tpe_sampler_with_settings():
@@ -52,7 +44,7 @@ def test_valid_spec_builds_tpe_sampler_with_settings():
     ({"sampler__n_startup_trials": -1}, "sampler.n_startup_trials"),
     ({"sampler__bogus": 1}, "sampler.bogus"),
     ({"space__n__low": "abc"}, "space.n.low"),
-    ({"space__n__high": KeyError}, "space.n.high"),
+    ({"space__n__high": DELETE}, "space.n.high"),
     ({"space__n__step": 3}, "space.n.step"),
     ({"space__lr__low": 0}, "space.lr.low"),
     ({"space__act__choices": []}, "space.act.choices"),
@@ -70,7 +62,7 @@ def test_invalid_spec_names_file_and_field(changes, field):
 
 def test_nsga3_and_random_samplers():
     s = parse_spec(spec_with(sampler={"type": "nsga3", "population_size": 40, "seed": 1},
-                             directions=["minimize", "maximize"], direction=KeyError), "b.yaml")
+                             directions=["minimize", "maximize"], direction=DELETE), "b.yaml")
     smp = s.build_sampler()
     assert type(smp).__name__ == "NSGAIIISampler" and smp._population_size == 40
     assert s.directions == ("minimize", "maximize")
@@ -81,7 +73,7 @@ def test_grid_points_computed_from_index_without_drift():
     d = spec_with(sampler={"type": "grid"}, space={
         "a": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.1},
         "b": {"type": "int", "low": 0, "high": 10, "step": 5},
-        "c": {"type": "categorical", "choices": ["x", "y"]}}, budget=KeyError)
+        "c": {"type": "categorical", "choices": ["x", "y"]}}, budget=DELETE)
     s = parse_spec(d, "g.yaml")
     a = s.grid_space()["a"]
     assert a == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -91,7 +83,7 @@ def test_grid_points_computed_from_index_without_drift():
     sampler = s.build_sampler()
     assert type(sampler).__name__ == "GridSampler"
     # a long axis: the last point is exact too
-    p = parse_spec(spec_with(sampler={"type": "grid"}, budget=KeyError,
+    p = parse_spec(spec_with(sampler={"type": "grid"}, budget=DELETE,
                              space={"z": {"type": "float", "low": 0.05, "high": 30.0, "step": 0.05}}), "g2.yaml")
     pts = p.grid_space()["z"]
     assert len(pts) == 600 and pts[-1] == 30.0 and pts[5] == 0.3

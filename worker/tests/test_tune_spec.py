@@ -3,11 +3,12 @@ Unit tests: no Ray, no store."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
+import conftest
 import pytest
 import yaml
+from conftest import DELETE
 from hpo_worker.spec import SpecError
 from hpo_worker.tune_spec import load_tune_spec, parse_tune_spec
 
@@ -27,20 +28,9 @@ BASE = {
 
 
 def spec_with(**changes):
-    d = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        keys = dotted.split("__")
-        cur = d
-        for k in keys[:-1]:
-            cur = cur[k]
-        if value is DELETE:
-            cur.pop(keys[-1])
-        else:
-            cur[keys[-1]] = value
-    return d
+    return conftest.spec_with(BASE, **changes)
 
 
-DELETE = object()
 
 
 def test_examples_are_valid():
