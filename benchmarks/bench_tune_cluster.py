@@ -2,8 +2,8 @@
 
 1. the same random-search experiment (examples/tune-digits' MLP, N trials of E epochs) on
    one node and on every node: two specs in one `hpo-tune submit` job, the one-node run
-   pinned to the head by the custom resource only the head declares (head_slot, its
-   CPUs); speed-up = one-node wall time / all-nodes wall time;
+   pinned to the head by a resource only the head declares (--pin: molecule/cluster gives
+   the head head_slot = its CPUs); speed-up = one-node wall time / all-nodes wall time;
 2. Tune against the systemd Optuna workers on the same objective and budget: the
    all-nodes Tune run of (1) against `hpo-worker run` started with systemd-run on every
    node (the worker venv the role installs, the workers' store settings, as many
@@ -104,7 +104,8 @@ def tune_spec(path: Path, name: str, n: int, epochs: int, resources: dict) -> Pa
     return p
 
 
-def run_tune(cluster: str, nodes: dict[str, str], head: str, n: int, epochs: int, tag: str) -> dict:
+def run_tune(cluster: str, nodes: dict[str, str], head: str, n: int, epochs: int, tag: str,
+             pin: dict[str, float]) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         tmpd = Path(tmp)
         token = tmpd / "token"
@@ -116,7 +117,7 @@ def run_tune(cluster: str, nodes: dict[str, str], head: str, n: int, epochs: int
             if key in STORE_KEYS and value.strip():
                 env[key] = shlex.split(value)[0]
         one, every = f"bench-tune-1node-{tag}", f"bench-tune-{len(nodes)}nodes-{tag}"
-        specs = [tune_spec(tmpd, one, n, epochs, {"cpu": 1, "head_slot": 1}),
+        specs = [tune_spec(tmpd, one, n, epochs, {"cpu": 1, **pin}),
                  tune_spec(tmpd, every, n, epochs, {"cpu": 1})]
         cmd = [str(BIN / "hpo-tune"), "submit", *map(str, specs), "--code-dir", str(CODE),
                "--address", f"http://{nodes[head]}:8265", "--results", str(tmpd / "cmp"), "--timeout", "3000"]
@@ -182,13 +183,19 @@ def main() -> int:
     ap.add_argument("--cluster", default="cluster")
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--pin", default="head_slot=1", metavar="RESOURCE=AMOUNT",
+                    help="what each trial of the one-node run also asks for: a resource only the head has"
+                         " (default head_slot=1, molecule/cluster's; gpu=0.5 pins to a cluster whose only GPU"
+                         " node is the head)")
     ap.add_argument("--json", default=str(PROJECT / "benchmarks" / "results" / "tune_cluster.json"))
     args = ap.parse_args()
     nodes = nodes_of(args.cluster)
     head = next(iter(nodes))
     tag = time.strftime("%H%M%S")
     load_before = os.getloadavg()
-    tune = run_tune(args.cluster, nodes, head, args.trials, args.epochs, tag)
+    key, _, amount = args.pin.partition("=")
+    pin = {key: float(amount or 1)}
+    tune = run_tune(args.cluster, nodes, head, args.trials, args.epochs, tag, pin)
     workers = run_workers(args.cluster, nodes, head, args.trials, args.epochs, tag)
     load_after = os.getloadavg()
     speedup = tune["one_node"]["wall_time_s"] / tune["all_nodes"]["wall_time_s"]
@@ -197,6 +204,7 @@ def main() -> int:
     result = {
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cluster": args.cluster, "nodes": list(nodes), "trials": args.trials, "epochs": args.epochs,
+        "one_node_pin": pin,
         "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in load_after],
         "tune": tune, "workers": workers,
         "speedup_all_nodes_vs_one_node": round(speedup, 3),
