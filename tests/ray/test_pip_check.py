@@ -39,7 +39,6 @@ def test_tune_packages_follow_the_worker_pins():
     """ray_tune_pip_packages repeats hpo_worker's dependency pins (worker/pyproject.toml):
     the job ships hpo_worker, the node's Ray venv must hold what it was tested with."""
     import tomllib
-
     import yaml
 
     root = SCRIPT.parents[3]
