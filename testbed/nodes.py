@@ -35,6 +35,9 @@ from testbed.pypi_cache import PORT as PYPI_CACHE_PORT
 #: Host directory shared by all nodes as pip's cache (see /etc/pip.conf).
 PIP_CACHE = STATE_DIR / "pip-cache"
 PIP_CACHE_IN_NODE = "/var/cache/hpo-testbed/pip"
+#: One host directory per cluster, bound into each of its nodes at this path: the test
+#: bed's stand-in for an NFS share (Ray Tune's storage_path on several nodes, docs/tune.md).
+SHARED_IN_NODE = "/srv/testbed-shared"
 
 
 @dataclass
@@ -137,6 +140,9 @@ class Node:
             stale_link.unlink()
         PIP_CACHE.mkdir(parents=True, exist_ok=True)
         PIP_CACHE.chmod(0o1777)
+        shared = self.directory.parent.parent / "shared"  # <cluster>/nodes/<node> -> <cluster>/shared
+        shared.mkdir(parents=True, exist_ok=True)
+        shared.chmod(0o1777)
         argv = [
             "systemd-nspawn",
             "--quiet",
@@ -150,6 +156,7 @@ class Node:
             "--timezone=off",
             "--console=read-only",
             f"--bind={PIP_CACHE}:{PIP_CACHE_IN_NODE}",
+            f"--bind={shared}:{SHARED_IN_NODE}",
             f"--setenv={NODE_MARKER}={self.rootfs}",
         ]
         console = open(self.directory / "console.log", "ab")  # noqa: SIM115  handed to the child

@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                     help="the head's dashboard, http://HEAD:8265 (env RAY_ADDRESS)")
     sm.add_argument("--results", metavar="PREFIX", help="write the comparison to PREFIX.json and PREFIX.csv")
+    sm.add_argument("--storage-path", metavar="PATH",
+                    help="Tune's storage_path for every spec given (overrides the specs'): on several nodes a"
+                         " directory every node sees, e.g. an NFS mount (docs/tune.md)")
     sm.add_argument("--pip", action="append", default=[], metavar="REQ",
                     help="a pip requirement the job installs on the nodes (runtime_env pip); repeatable")
     sm.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job (default 3600);"
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.code_dir).is_dir():
         print(f"hpo-tune: error: --code-dir: not a directory: {args.code_dir}", file=sys.stderr)
         return 2
+    if args.storage_path is not None and not args.storage_path.startswith("/"):
+        print(f"hpo-tune: error: --storage-path: must be an absolute path (a directory every node sees),"
+              f" got {args.storage_path!r}", file=sys.stderr)
+        return 2
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         print(f"hpo-tune: error: two specs have the same name: {names}", file=sys.stderr)
@@ -106,7 +114,8 @@ def submit(args: argparse.Namespace, specs: list) -> int:
         if args.pip:
             runtime_env["pip"] = list(args.pip)
         client = JobSubmissionClient(args.address)
-        entry = " ".join(["python", "-m", "hpo_worker.tune", *rel])
+        opts = ["--storage-path", args.storage_path] if args.storage_path else []
+        entry = " ".join(shlex.quote(a) for a in ["python", "-m", "hpo_worker.tune", *opts, *rel])
         deadline = time.monotonic() + 120
         while True:
             try:

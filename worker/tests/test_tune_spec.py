@@ -137,3 +137,15 @@ def test_cli_submit_refuses_a_bad_spec_before_sending(tmp_path, capsys):
     # the address is unreachable on purpose: a bad spec must be refused before any connection
     assert main(["submit", str(bad), "--code-dir", str(tmp_path), "--address", "http://127.0.0.1:9"]) == 2
     assert f"{bad}: search.reduction_factor: must be > 1" in capsys.readouterr().err
+
+
+def test_cli_submit_refuses_a_relative_storage_path(tmp_path, capsys, monkeypatch):
+    from hpo_worker.tune_submit import main
+
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(spec_with()))
+    monkeypatch.setenv("HPO_KEYDB_ENDPOINTS", "127.0.0.1:9")
+    # refused before any connection (the address is unreachable on purpose)
+    assert main(["submit", str(good), "--code-dir", str(tmp_path), "--address", "http://127.0.0.1:9",
+                 "--storage-path", "shared/tune"]) == 2
+    assert "--storage-path: must be an absolute path" in capsys.readouterr().err

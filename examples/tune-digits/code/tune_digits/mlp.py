@@ -12,31 +12,19 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import warnings
 
 import numpy as np
 from ray import tune
-from sklearn.datasets import load_digits
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier
-from sklearn.preprocessing import StandardScaler
+
+from .common import data, new_model, run_epoch
 
 MAX_EPOCHS = 1000  # the spec's `epochs` stops the trial long before this
 
 
-def _data():
-    x, y = load_digits(return_X_y=True)
-    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
-    scaler = StandardScaler().fit(x_tr)
-    return scaler.transform(x_tr), scaler.transform(x_va), y_tr, y_va
-
-
 def train(config: dict) -> None:
-    x_tr, x_va, y_tr, y_va = _data()
+    x_tr, x_va, y_tr, y_va = data()
     classes = np.unique(y_tr)
-    model = MLPClassifier(hidden_layer_sizes=(int(config["hidden"]),), alpha=float(config["alpha"]),
-                          learning_rate_init=float(config["lr"]), random_state=0)
+    model = new_model(config)
     start, restored = 0, False
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -47,12 +35,7 @@ def train(config: dict) -> None:
         model.set_params(alpha=float(config["alpha"]), learning_rate_init=float(config["lr"]))
     rng = np.random.default_rng(start)
     for epoch in range(start, MAX_EPOCHS):
-        order = rng.permutation(len(y_tr))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            for i in range(0, len(order), int(config.get("batch", 64))):
-                idx = order[i:i + int(config.get("batch", 64))]
-                model.partial_fit(x_tr[idx], y_tr[idx], classes=classes)
+        run_epoch(model, x_tr, y_tr, classes, rng, int(config.get("batch", 64)))
         acc = float(model.score(x_va, y_va))
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "model.pkl"), "wb") as f:
