@@ -121,6 +121,12 @@ def test_every_search_on_three_nodes(submit_env, tmp_path) -> None:
         spec(tmp_path, "tune-pbt", {"type": "pbt", "seed": 5, "perturbation_interval": 2, "quantile_fraction": 0.5,
                                     "synch": True, "hyperparam_mutations": ["lr", "alpha"]}, 2, 4),
         spec(tmp_path, "tune-gpu", {"type": "random", "seed": 6}, 2, 1, resources_per_trial=gpu[0]),
+        # a custom resource of the inventory (ray_resources), asked for by name: one experiment
+        # on each worker node (on an idle cluster Ray may put every other trial on the head)
+        spec(tmp_path, "tune-on-cluster-2", {"type": "random", "seed": 7}, 1, 1,
+             resources_per_trial={"cpu": 1, "slot_2": 1}),
+        spec(tmp_path, "tune-on-cluster-3", {"type": "random", "seed": 8}, 1, 1,
+             resources_per_trial={"cpu": 1, "slot_3": 1}),
     ]
     t0 = time.monotonic()
     res = submit(submit_env, specs, results=tmp_path / "cmp")
@@ -128,7 +134,8 @@ def test_every_search_on_three_nodes(submit_env, tmp_path) -> None:
     record(tune_five_experiments_s=round(took, 1))
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-3000:]
     summaries = {s["experiment"]: s for s in json.loads((tmp_path / "cmp.json").read_text())}
-    want = {"tune-random": 4, "tune-asha": 4, "tune-optuna-asha": 4, "tune-pbt": 2, "tune-gpu": 2}
+    want = {"tune-random": 4, "tune-asha": 4, "tune-optuna-asha": 4, "tune-pbt": 2, "tune-gpu": 2,
+            "tune-on-cluster-2": 1, "tune-on-cluster-3": 1}
     assert list(summaries) == list(want)
     csv_lines = (tmp_path / "cmp.csv").read_text().splitlines()
     assert csv_lines[0].startswith("experiment,search,metric,mode,best,trials") and len(csv_lines) == 1 + len(want)
@@ -150,8 +157,9 @@ def test_every_search_on_three_nodes(submit_env, tmp_path) -> None:
         rows = dict(re.findall(r"^(\S+):\s+[\d.]+\s+[\d.]+\s+(\d+)\s*$", text, flags=re.MULTILINE))
         assert {h: int(c) for h, c in rows.items()} == {h: hosts[name].count(h) for h in set(hosts[name])}, text
     print("hosts per experiment:", hosts)
-    # the job's trials ran on every node of the cluster (which node takes which trial is
-    # Ray's choice: a reused actor on a fast node can run several in a row)
+    # the custom resources placed their trials, so the job's trials ran on every node (which
+    # node takes the other trials is Ray's choice: on an idle cluster, all went to the head)
+    assert hosts["tune-on-cluster-2"] == ["cluster-2"] and hosts["tune-on-cluster-3"] == ["cluster-3"], hosts
     assert sorted({h for hs in hosts.values() for h in hs}) == NODES, hosts
     # ASHA (Tune's random and Optuna's TPE) stopped some trials before max_t
     for name in ("tune-asha", "tune-optuna-asha"):
