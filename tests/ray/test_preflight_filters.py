@@ -131,3 +131,24 @@ def test_an_upgrade_in_place_is_not_a_difference():
         [row("head", ray="2.59.0"), row("w1", ray="2.59.0")], "head")
     assert result["ok"]
     assert "2.59.0 - will install 2.60.0" in result["table"]
+
+
+def test_a_version_change_under_limit_is_refused_naming_the_hosts_left_out():
+    result = rp.ray_preflight_version_table(
+        [row("head", ray="2.59.0"), row("w1", ray="2.59.0")], "head", ["head", "w1", "w2"])
+    assert not result["ok"]
+    [why] = result["differences"]
+    assert "head 2.59.0 -> 2.60.0, w1 2.59.0 -> 2.60.0" in why
+    assert "leaves out w2 (--limit)" in why and "without --limit" in why
+
+
+def test_a_version_change_on_every_node_is_not_refused():
+    result = rp.ray_preflight_version_table(
+        [row("head", ray="2.59.0"), row("w1", ray="2.59.0")], "head", ["head", "w1"])
+    assert result["ok"], result["differences"]
+
+
+def test_a_new_machine_under_limit_is_no_version_change():
+    head = row("head", in_run=False)
+    result = rp.ray_preflight_version_table([row("new", ray=None), head], "head", ["head", "w1", "new"])
+    assert result["ok"], result["differences"]

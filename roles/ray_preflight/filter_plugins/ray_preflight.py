@@ -134,12 +134,41 @@ def _python_cell(row: Mapping) -> str:
     return f"{row.get('python')} ({where})"
 
 
-def ray_preflight_version_table(rows: list[dict], head: str) -> dict:
+def _split_upgrade(rows: list[dict], ray_hosts: list[str] | None) -> str | None:
+    """Why a version change under --limit is refused, or None.
+
+    A node that already runs Ray and is to run another version is a version
+    change; done on some nodes only, it would leave the cluster on two
+    versions, and Ray joins no node whose version differs from the head's.
+    """
+    in_run = {row["host"] for row in rows if row.get("in_run", True)}
+    left_out = sorted(set(ray_hosts or []) - in_run)
+    changes = sorted(
+        (row["host"], row.get("ray_installed"), row.get("ray_target"))
+        for row in rows
+        if row.get("in_run", True) and row.get("ray_installed") is not None
+        and row.get("ray_installed") != row.get("ray_target")
+    )
+    if not changes or not left_out:
+        return None
+    what = ", ".join(f"{host} {old} -> {new}" for host, old, new in changes)
+    return (
+        f"ray_version changes ({what}) but this run leaves out {', '.join(left_out)} "
+        "(--limit): every Ray node must run the head's version, so a version change "
+        "runs on all Ray nodes at once; run it without --limit"
+    )
+
+
+def ray_preflight_version_table(
+    rows: list[dict], head: str, ray_hosts: list[str] | None = None
+) -> dict:
     """Compare each node's Ray and Python with the head's.
 
     A row: host, python (major.minor.micro), python_path, venv (bool),
     ray_installed (None if absent), ray_target (what runs after this run),
     in_run (False for the head when --limit leaves it out).
+    ray_hosts: every Ray host of the inventory (to refuse an upgrade that
+    --limit would split).
     Returns {"ok", "table" (text), "lines", "differences" (one line per node)}.
     """
     by_host = {row["host"]: row for row in rows}
@@ -168,6 +197,8 @@ def ray_preflight_version_table(rows: list[dict], head: str) -> dict:
             f"the head {head} has no Ray installed; set up the head first "
             "(run without --limit, or include the head in --limit)"
         )
+    if (split := _split_upgrade(rows, ray_hosts)) is not None:
+        differences.append(split)
     header = ["host", "Ray", "Python", "differs from the head"]
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(4)]
 
