@@ -244,6 +244,7 @@ def keydb_bin() -> Path:
     server = cache / "usr" / "bin" / "keydb-server"
     if not server.exists():
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)  # ~/.cache is absent on a fresh machine
         subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
         try:
             tmp.rename(cache)
