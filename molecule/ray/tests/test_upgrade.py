@@ -12,9 +12,18 @@ of the failed run are reused), head first, then the workers.
 
 from __future__ import annotations
 
+import os
 import time
 
+import pytest
 import test_ray as part1
+
+# About 5 min on a 2-core machine; the whole suite came to 87 min on a slow
+# one (2026-12-02) against CI's 90 min limit, so bin/test runs these only
+# when asked: HPO_TEST_RAY_UPGRADE=1 bin/test (or molecule test -s ray).
+pytestmark = pytest.mark.skipif(
+    os.environ.get("HPO_TEST_RAY_UPGRADE") != "1",
+    reason="the rolling upgrade tests run with HPO_TEST_RAY_UPGRADE=1 (about 5 min)")
 
 OLD, NEW = "2.59.0", "2.60.0"
 NODES = [part1.HEAD, *part1.WORKERS]
