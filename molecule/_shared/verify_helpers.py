@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -83,6 +84,17 @@ def ansible_playbook(playbook: str, *args: str, timeout: float = 600) -> subproc
         [str(program), "-i", INVENTORY, *args, str(PROJECT / "playbooks" / playbook)],
         cwd=PROJECT, capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP of an ansible-playbook run: host -> ok, changed, unreachable, failed."""
+    rows = re.findall(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
+                      ANSI.sub("", output), re.M)
+    return {h: {"ok": int(o), "changed": int(c), "unreachable": int(u), "failed": int(f)}
+            for h, o, c, u, f in rows}
 
 
 def recorder(name: str):

@@ -18,6 +18,7 @@ ROLES_DIR = Path(__file__).resolve().parents[2] / "roles"
 #          options of the main entry point that are required and have no default)
 ROLES = {
     "cluster": ("cluster_", "_cluster_", set()),
+    "converged": ("converged_", "_converged_", set()),
     "firewall": ("firewall_", "_firewall_", set()),
     "keydb": ("keydb_", "_keydb_", set()),
     "optuna_dashboard": ("optuna_dashboard_", "_optuna_dashboard_", set()),

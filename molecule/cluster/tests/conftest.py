@@ -1,5 +1,6 @@
 """The cluster scenario's test files run in this order, whatever their names:
-the study's own tests, then the Ray Tune experiments (test_tune.py: they
+the study's own tests, then the fast re-runs of site.yml (test_rerun.py:
+they leave every node as they found it), then the Ray Tune experiments (test_tune.py: they
 need all three nodes), then the security checks (they read the inventory's
 Ray token and leave the cluster as it was), then the tests that change the
 cluster for good (token rotation, then the removal of a node). A file not
@@ -7,7 +8,7 @@ listed here runs before them, with the first group."""
 
 from __future__ import annotations
 
-ORDER = ["test_cluster.py", "test_tune.py", "test_security.py", "test_lifecycle.py"]
+ORDER = ["test_cluster.py", "test_rerun.py", "test_tune.py", "test_security.py", "test_lifecycle.py"]
 
 
 def pytest_collection_modifyitems(items):

@@ -59,9 +59,12 @@ def check(stamp_file: Path, digest: str, probe: list[str], expect: str) -> str:
         return f"unreadable stamp ({exc})"
     if stamp.get("digest") != digest:
         return "the role's inputs changed since its last full run"
-    for path, recorded in stamp.get("paths", {}).items():
-        now = describe(Path(path)).get(path)
-        if now != recorded:
+    recorded = stamp.get("paths", {})
+    now: dict[str, list | None] = {}
+    for root in stamp.get("roots", []):
+        now.update(describe(Path(root)))
+    for path in sorted(set(recorded) | set(now)):
+        if now.get(path, "missing") != recorded.get(path, "missing"):
             return f"{path} changed since the last full run"
     units = stamp.get("units", [])
     for query, wanted in (("is-active", "active"), ("is-enabled", "enabled")):
@@ -88,7 +91,8 @@ def write(stamp_file: Path, digest: str, units: list[str], paths: list[str]) -> 
         recorded.update(describe(Path(path)))
     stamp_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     scratch = stamp_file.with_suffix(".tmp")
-    scratch.write_text(json.dumps({"digest": digest, "units": units, "paths": recorded}, indent=1))
+    scratch.write_text(json.dumps(
+        {"digest": digest, "units": units, "roots": paths, "paths": recorded}, indent=1))
     scratch.chmod(0o600)
     scratch.replace(stamp_file)
 
