@@ -67,9 +67,7 @@ def check(stamp_file: Path, digest: str, probe: list[str], expect: str) -> str:
         if now.get(path, "missing") != recorded.get(path, "missing"):
             return f"{path} changed since the last full run"
     units = stamp.get("units", [])
-    for query, wanted in (("is-active", "active"), ("is-enabled", "enabled")):
-        if not units:
-            break
+    for query, wanted in (("is-active", "active"), ("is-enabled", "enabled")) if units else ():
         states = subprocess.run(["systemctl", query, *units],
                                 capture_output=True, text=True).stdout.split()
         for unit, state in zip(units, states + ["unknown"] * len(units)):
