@@ -1,5 +1,5 @@
 """What the verifiers that read trials or the store share (molecule/cluster,
-molecule/cluster-keydb, molecule/keydb with keydb-packages and keydb-valkey).
+molecule/keydb with keydb-packages and keydb-valkey).
 
 They act on the real nodes a scenario converged, over SSH (testinfra). The
 study verifiers read the studies through the worker's public read-only

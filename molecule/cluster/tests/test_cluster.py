@@ -1,11 +1,11 @@
 """Verifier of the cluster scenario: the product working on three nodes.
 
 Everything here acts on the real cluster that site.yml converged: real
-systemd units, real worker processes, the real store (redis-server primary
-+ replica standing in for KeyDB), read back with the worker's public
+systemd units, real worker processes, the real store (KeyDB 6.3.4 from its
+own packages, two active multi-master replicas), read back with the worker's public
 read-only `hpo-worker trials --json` (helpers: molecule/_shared/verify_helpers.py).
 The tests run in file order: the stop test leaves cluster-2's worker running
-again before the kill test starts. test_security.py runs after this file and
+again before the kill test starts. test_security.py and test_keydb_chaos.py run after this file and
 test_lifecycle.py (token rotation, then the removal of a node) last (conftest.py).
 
 Figures (stop time, trials left RUNNING, reaping time) are printed and

@@ -2,7 +2,8 @@
 they run after test_cluster.py and test_security.py (conftest.py orders the
 files). One rotates Ray's token with site.yml while the slow study runs (the
 workers must not notice; Ray restarts head first and refuses the old token
-after); the last one removes cluster-2 with playbooks/remove-node.yml.
+after); the last one removes cluster-2, a KeyDB master, with
+playbooks/remove-node.yml.
 
 Figures (rotation time, trials completed during it, removal time) are printed
 and written to .cache/cluster-figures.json in the project directory.
@@ -88,9 +89,15 @@ def _persistent_keys(host_name: str) -> set[str]:
     password = RUNNER.get_variables(host_name)["keydb_password"]
     script = ("local out = {} for _, k in ipairs(redis.call('keys', '*')) do "
               "if redis.call('ttl', k) == -1 then table.insert(out, k) end end return out")
-    out = node(host_name).run(f"REDISCLI_AUTH={password} redis-cli -h 127.0.0.1 EVAL \"{script}\" 0")
+    out = node(host_name).run(f"REDISCLI_AUTH={password} keydb-cli -h 127.0.0.1 EVAL \"{script}\" 0")
     assert out.rc == 0, out.stderr
     return set(out.stdout.split())
+
+
+def _store(host_name: str, *command: str) -> str:
+    """One keydb-cli command on HOST_NAME's own KeyDB; its output."""
+    password = RUNNER.get_variables(host_name)["keydb_password"]
+    return node(host_name).check_output(f"REDISCLI_AUTH={password} keydb-cli -h 127.0.0.1 {' '.join(command)}")
 
 
 def _main_pid(host, service: str) -> str:
@@ -100,12 +107,13 @@ def _main_pid(host, service: str) -> str:
 def test_remove_a_machine_during_the_study() -> None:
     """LAST test, destructive: playbooks/remove-node.yml --limit cluster-2
     while the slow study runs. cluster-2 is a Ray worker, an Optuna worker
-    and the store's replica (engine redis here; the KeyDB engine's
-    REPLICAOF REMOVE path is not exercised by this scenario). Nothing may
-    run after it: the cluster is one node short afterwards."""
+    and one of the two KeyDB masters: cluster-1 drops it from its replicaof
+    list (REPLICAOF REMOVE) and keeps every key; the writer record names
+    cluster-1. Nothing may run after it: the cluster is one node short
+    afterwards."""
     leaving, staying = "cluster-2", ["cluster-1", "cluster-3"]
     primary = RUNNER.get_hosts("keydb")[0]
-    services = {"cluster-1": ["ray.service", "redis-server.service", f"hpo-worker@{SLOW}.service"],
+    services = {"cluster-1": ["ray.service", "keydb-server.service", f"hpo-worker@{SLOW}.service"],
                 "cluster-3": ["ray.service", f"hpo-worker@{SLOW}.service"]}
     wait_for(f"a RUNNING trial on {leaving}", lambda: running_trial_of(leaving), timeout=60)
     pids = {n: {s: _main_pid(node(n), s) for s in services[n]} for n in staying}
@@ -134,6 +142,11 @@ def test_remove_a_machine_during_the_study() -> None:
     # No key lost on the remaining store node; the study goes on there.
     missing = keys_before - _persistent_keys(primary)
     assert missing == set(), f"keys lost on {primary}: {sorted(missing)[:20]}"
+    # cluster-1 replicates from nobody now, and the workers' writer is cluster-1
+    info = _store(primary, "INFO", "replication")
+    assert "master_host" not in info, info
+    writer = _store(primary, "GET", "hpo:writer").strip()
+    assert writer.endswith(f" {RUNNER.get_variables(primary)['cluster_address']}:6379"), writer
     wait_for("the study to go on without the removed node",
              lambda: sum(t["state"] == "COMPLETE" for t in trials(SLOW)) > complete_before + 2, timeout=90)
     assert not any(t["host"] == leaving and t["state"] == "RUNNING" for t in trials(SLOW))
@@ -141,7 +154,7 @@ def test_remove_a_machine_during_the_study() -> None:
     # The other nodes' processes are the same; the removed node's are off.
     assert {n: {s: _main_pid(node(n), s) for s in services[n]} for n in staying} == pids
     gone = node(leaving)
-    for service in ["ray.service", "ray-health.timer", "redis-server.service",
+    for service in ["ray.service", "ray-health.timer", "keydb-server.service",
                     f"hpo-worker@{SLOW}.service", f"hpo-worker@{DIGITS}.service"]:
         assert gone.run(f"systemctl is-active {service}").stdout.strip() in ("inactive", "failed"), service
         assert gone.run(f"systemctl is-enabled {service}").stdout.strip() == "disabled", service

@@ -46,7 +46,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # the node's cluster address (and maybe loopback too).
 HEAD_ONLY = {8265: "dashboard + job API", 8266: "optuna-dashboard", 10001: "Ray Client server"}
 EVERY_RAY_NODE = {6342: "runtime env agent", 6344: "dashboard agent HTTP"}
-STORE = {6379: "store (redis-server here, KeyDB in production)"}
+STORE = {6379: "store (keydb-server)"}
 # Ray 2.60 has no bind-address option for these: they listen on every
 # interface (documented there, with what a client without the token gets).
 ALL_INTERFACES_HEAD = {6333: "GCS", 44217: "autoscaler metrics", 44227: "dashboard metrics"}
@@ -263,7 +263,7 @@ def test_what_an_unauthenticated_client_gets_from_each_port():
     http = json.loads(node(prober).check_output(
         f"python3 -c {shlex.quote(HTTP_STATUS)} {shlex.quote(json.dumps(http_targets))}"))
     # PING on the store from the same member, in the protocol's inline form
-    # (the prober need not be a store host with redis-cli)
+    # (the prober need not be a store host with keydb-cli)
     store = {}
     for name in RUNNER.get_hosts("keydb"):
         store[f"{name}:6379"] = node(prober).check_output(

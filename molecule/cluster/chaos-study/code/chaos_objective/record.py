@@ -1,4 +1,4 @@
-"""Objective of the cluster-keydb scenario: sleeps, logs each finished evaluation.
+"""Objective of the cluster scenario's chaos study: sleeps, logs each finished evaluation.
 
 The log (evals.jsonl in the worker's working directory, its state dir) holds
 one line per evaluation that returned a value: the verifier compares it with

@@ -1,4 +1,4 @@
-"""Verifier of the cluster-keydb scenario: a study on real KeyDB through faults.
+"""The cluster scenario's study on real KeyDB through faults.
 
 Everything acts on the real cluster site.yml converged: KeyDB 6.3.4 from its
 own packages on two nodes (active multi-master replicas, rejoin guard in
@@ -14,7 +14,7 @@ middle of the study the verifier
 then waits for the study to finish and checks: no result lost (every value
 the objective logged is COMPLETE in the store), no params evaluated twice,
 no trial RUNNING, both masters' journals and claims identical, one writer
-record. Figures go to .cache/cluster-keydb-figures.json. Trials are read with
+record. Figures go to .cache/cluster-chaos-figures.json. Trials are read with
 `hpo-worker trials --json` (molecule/_shared/verify_helpers.py).
 """
 
@@ -32,14 +32,15 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
-from verify_helpers import PROJECT, RUNNER, VENV, node, recorder, wait_for, with_store_env  # noqa: E402
+from verify_helpers import PROJECT, RUNNER, VENV, node, ray_alive_nodes, recorder, wait_for, with_store_env  # noqa: E402
 from verify_helpers import trials as study_trials  # noqa: E402
 
 NODES = sorted(RUNNER.get_hosts("optuna_workers"))
 MASTERS = sorted(RUNNER.get_hosts("keydb"))
-CLUSTER = "cluster-keydb"
-record = recorder("cluster-keydb-figures.json")
+CLUSTER = "cluster"
+record = recorder("cluster-chaos-figures.json")
 STUDY = "chaos"
+SLOW = "slow"  # the cluster scenario's long study, running on every node through the faults
 N_TRIALS = 800
 # An evaluation that a node finished this long before its power cut may have died with it:
 # its result was in that node's memory, or on its KeyDB (the writer) and not yet on the
@@ -70,7 +71,7 @@ print(json.dumps(out))
 """
 
 # A fresh start: every key of the study's namespace deleted on every master (the
-# verifier can run again on a converged cluster: molecule verify -s cluster-keydb).
+# verifier can run again on a converged cluster: molecule verify -s cluster).
 RESET = r"""
 import json, os
 import redis
@@ -99,6 +100,8 @@ def on_store(name: str, script: str):
 
 # Nodes this verifier cut the power of (until it boots them again): never asked.
 DOWN: set[str] = set()
+# Node -> time.monotonic() when bin/testbed had booted it again.
+BOOTED: dict[str, float] = {}
 
 
 def on_some_node(probe):
@@ -189,6 +192,7 @@ def power_off_the_writer_node() -> tuple[str, str, float, str, tuple[float, floa
     failover_node = time.monotonic() - t0
     wait_for("more progress without the node", lambda: complete() >= n + 40, timeout=300, interval=2)
     boot_all()
+    BOOTED[victim2] = time.monotonic()
     DOWN.discard(victim2)
     wait_for("keydb-server active on the booted node",
              lambda: node(victim2).run("systemctl is-active keydb-server").stdout.strip() == "active", 120)
@@ -284,3 +288,17 @@ def test_study_survives_writer_kill_and_node_power_off() -> None:
     assert not lost, f"{len(lost)} evaluated params have no COMPLETE trial: {lost[:5]}"
     assert not twice, f"{len(twice)} params evaluated twice: {twice[:5]}"
     assert not wrong, f"{len(wrong)} COMPLETE values belong to other params: {wrong[:5]}"
+
+
+def test_the_cut_node_is_back_in_ray_and_runs_its_studies() -> None:
+    """After the power cut and the boot, nobody logs in: the node's Ray joins the
+    cluster again and the workers of its enabled studies run again (systemd starts
+    them at boot). The tests after this one need every node."""
+    assert BOOTED, "the power-cut test did not boot a node"
+    (name, booted), = BOOTED.items()
+    ray_nodes = len(RUNNER.get_hosts("ray_head")) + len(RUNNER.get_hosts("ray_workers"))
+    wait_for(f"{ray_nodes} alive Ray nodes after {name}'s boot", lambda: ray_alive_nodes() == ray_nodes,
+             timeout=300, interval=2)
+    record(ray_alive_again_after_boot_s=round(time.monotonic() - booted, 1), power_cut_node=name)
+    state = node(name).check_output(f"systemctl is-active hpo-worker@{SLOW}.service")
+    assert state.strip() == "active", f"hpo-worker@{SLOW} on {name} after the boot: {state}"
