@@ -1,16 +1,17 @@
 """The cluster scenario's test files run in this order, whatever their names:
-the study's own tests, then the fast re-runs of site.yml (test_rerun.py:
-they leave every node as they found it), then the Ray Tune experiments (test_tune.py: they
+the re-runs of site.yml first (test_rerun.py: its first run is the scenario's
+idempotence check, so it must follow the converge; they leave every node as
+they found it), then the study's own tests, then the Ray Tune experiments (test_tune.py: they
 need all three nodes), then the security checks (they read the inventory's
 Ray token and leave the cluster as it was), then the study on real KeyDB
 through a writer's SIGKILL and a node's power cut (test_keydb_chaos.py: every
 node is back afterwards), then the tests that change the cluster for good
 (token rotation, then the removal of a node). A file not
-listed here runs before them, with the first group."""
+listed here runs first."""
 
 from __future__ import annotations
 
-ORDER = ["test_cluster.py", "test_rerun.py", "test_tune.py", "test_security.py", "test_keydb_chaos.py",
+ORDER = ["test_rerun.py", "test_cluster.py", "test_tune.py", "test_security.py", "test_keydb_chaos.py",
          "test_lifecycle.py"]
 
 

@@ -1,10 +1,11 @@
 """Fast re-runs (roles/converged) on the cluster that site.yml converged.
 
-The scenario's inventory turns the fast path off (converge and idempotence
-take every role's full run); these tests turn it on with
+The scenario's inventory turns the fast path off (converge and the re-run
+below take every role's full run); these tests turn it on with
 -e converged_fast_path=true, as a user's run has it by default. They run
-after test_cluster.py and before the Tune, security and lifecycle tests
-(conftest.py), on the three nodes as those left them.
+first, right after the converge (conftest.py): the first run here is the
+scenario's idempotence check (molecule.yml has no idempotence step), and
+the nodes are left as these tests found them.
 
 Figures (seconds of a warm site.yml run, full and fast, and their ratio)
 go to .cache/rerun-figures.json in the project directory.
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
-from verify_helpers import RUNNER, ansible_playbook, node, recap, recorder  # noqa: E402
+from verify_helpers import ANSI, RUNNER, ansible_playbook, node, recap, recorder  # noqa: E402
 
 NODES = sorted(RUNNER.get_hosts("all"))
 HEAD = RUNNER.get_hosts("ray_head")[0]
@@ -32,12 +33,23 @@ def stamps(name: str) -> dict[str, str]:
     return {Path(line.split()[0]).stem: line.split()[1] for line in out.splitlines()}
 
 
-def site(*args: str) -> tuple[float, dict]:
+def site(*args: str) -> tuple[float, dict, str]:
     started = time.monotonic()
     run = ansible_playbook("../site.yml", *args, timeout=1200)
     took = round(time.monotonic() - started, 1)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    return took, recap(run.stdout)
+    return took, recap(run.stdout), run.stdout
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The task headers followed by a "changed:" line in an ansible-playbook output."""
+    found, task = [], ""
+    for line in ANSI.sub("", output).splitlines():
+        if line.startswith("TASK ["):
+            task = line.rstrip(" *")
+        elif line.startswith("changed:"):
+            found.append(f"{task} {line}")
+    return found
 
 
 def expected_stamps(name: str) -> set[str]:
@@ -53,12 +65,15 @@ def expected_stamps(name: str) -> set[str]:
 
 
 def test_a_warm_rerun_ends_every_role_at_its_check_and_changes_nothing():
-    full_s, _ = site()  # the inventory's converged_fast_path: false, every role's full run
+    # The idempotence check: the inventory's converged_fast_path: false, every role's
+    # full run, on the cluster as the converge left it; no task may change anything.
+    full_s, hosts, output = site()
+    assert {h: r["changed"] for h, r in hosts.items()} == {n: 0 for n in NODES}, changed_tasks(output)
     before = {n: stamps(n) for n in NODES}
     for name in NODES:
         assert set(before[name]) == expected_stamps(name), name
 
-    fast_s, hosts = site(*FAST)
+    fast_s, hosts, _ = site(*FAST)
     assert {h: r["changed"] for h, r in hosts.items()} == {n: 0 for n in NODES}
     # No role went past its check: a full run would have rewritten its stamp.
     assert {n: stamps(n) for n in NODES} == before
@@ -76,7 +91,7 @@ def test_a_hand_edit_or_a_stopped_unit_sends_that_role_alone_through_its_full_ru
     node(HEAD).check_output("systemctl stop hpo-dashboard")
     before = {n: stamps(n) for n in NODES}
 
-    _, hosts = site(*FAST)
+    _, hosts, _ = site(*FAST)
     assert node(edited).check_output(f"sha256sum {probe}").split()[0] == original
     assert node(HEAD).check_output("systemctl is-active hpo-dashboard") == "active"
     assert hosts[edited]["changed"] > 0 and hosts[HEAD]["changed"] > 0
