@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -84,20 +85,18 @@ def test_a_new_ray_token_rolls_out_while_the_study_runs_and_no_trial_is_lost() -
     assert {n: unit(node(n), SLOW)["MainPID"] for n in NODES} == pids, "a worker was restarted"
 
 
+def _store(host_name: str, *command: str) -> str:
+    """One keydb-cli command on HOST_NAME's own KeyDB (words shell-quoted); its output."""
+    password = RUNNER.get_variables(host_name)["keydb_password"]
+    return node(host_name).check_output(
+        f"REDISCLI_AUTH={password} keydb-cli -h 127.0.0.1 {' '.join(shlex.quote(w) for w in command)}")
+
+
 def _persistent_keys(host_name: str) -> set[str]:
     """Keys without a TTL on HOST_NAME's store (heartbeats and claims expire by design)."""
-    password = RUNNER.get_variables(host_name)["keydb_password"]
     script = ("local out = {} for _, k in ipairs(redis.call('keys', '*')) do "
               "if redis.call('ttl', k) == -1 then table.insert(out, k) end end return out")
-    out = node(host_name).run(f"REDISCLI_AUTH={password} keydb-cli -h 127.0.0.1 EVAL \"{script}\" 0")
-    assert out.rc == 0, out.stderr
-    return set(out.stdout.split())
-
-
-def _store(host_name: str, *command: str) -> str:
-    """One keydb-cli command on HOST_NAME's own KeyDB; its output."""
-    password = RUNNER.get_variables(host_name)["keydb_password"]
-    return node(host_name).check_output(f"REDISCLI_AUTH={password} keydb-cli -h 127.0.0.1 {' '.join(command)}")
+    return set(_store(host_name, "EVAL", script, "0").split())
 
 
 def _main_pid(host, service: str) -> str:
