@@ -97,6 +97,16 @@ class Node:
         locale = etc / "default" / "locale"
         if not locale.exists():  # pam_env warns at every login without it
             locale.write_text("LANG=C.UTF-8\n")
+        # Root lingers (what `loginctl enable-linger root` writes): its user
+        # manager (user@0.service) starts at boot and stays. Without it, logind
+        # stops the manager 10 s after the last SSH session ends; in these
+        # containers that stop now and then hangs until its 2-min timeout
+        # ("Processes still around after final SIGKILL"), and every login in
+        # the meantime waits for it: Ansible stalled 115 s on a bookworm node,
+        # 52 and 97 s on trixie ones.
+        linger = root / "var" / "lib" / "systemd" / "linger"
+        linger.mkdir(parents=True, exist_ok=True)
+        (linger / "root").touch()
         (etc / "pip.conf").write_text(
             "# written by hpo-testbed: PyPI through the host's caching proxy (testbed/pypi_cache.py),\n"
             "# so a wheel is downloaded once for all nodes; wheels built here are cached too\n"

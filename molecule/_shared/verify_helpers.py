@@ -1,5 +1,6 @@
 """What the verifiers that read trials or the store share (molecule/cluster,
-molecule/keydb with keydb-packages and keydb-valkey).
+molecule/keydb with keydb-packages and keydb-valkey), and what they and
+molecule/ray read from a playbook's output (recap, changed_tasks).
 
 They act on the real nodes a scenario converged, over SSH (testinfra). The
 study verifiers read the studies through the worker's public read-only
@@ -95,6 +96,17 @@ def recap(output: str) -> dict[str, dict[str, int]]:
                       ANSI.sub("", output), re.M)
     return {h: {"ok": int(o), "changed": int(c), "unreachable": int(u), "failed": int(f)}
             for h, o, c, u, f in rows}
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The task headers followed by a "changed:" line in an ansible-playbook output."""
+    found, task = [], ""
+    for line in ANSI.sub("", output).splitlines():
+        if line.startswith("TASK ["):
+            task = line.rstrip(" *")
+        elif line.startswith("changed:"):
+            found.append(f"{task} {line}")
+    return found
 
 
 def recorder(name: str):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
-from verify_helpers import ANSI, RUNNER, ansible_playbook, node, recap, recorder  # noqa: E402
+from verify_helpers import RUNNER, ansible_playbook, changed_tasks, node, recap, recorder  # noqa: E402
 
 NODES = sorted(RUNNER.get_hosts("all"))
 HEAD = RUNNER.get_hosts("ray_head")[0]
@@ -39,17 +39,6 @@ def site(*args: str) -> tuple[float, dict, str]:
     took = round(time.monotonic() - started, 1)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     return took, recap(run.stdout), run.stdout
-
-
-def changed_tasks(output: str) -> list[str]:
-    """The task headers followed by a "changed:" line in an ansible-playbook output."""
-    found, task = [], ""
-    for line in ANSI.sub("", output).splitlines():
-        if line.startswith("TASK ["):
-            task = line.rstrip(" *")
-        elif line.startswith("changed:"):
-            found.append(f"{task} {line}")
-    return found
 
 
 def expected_stamps(name: str) -> set[str]:
