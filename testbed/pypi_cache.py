@@ -4,8 +4,10 @@ pip's own HTTP cache cannot help here: the egress proxy of these machines
 strips Cache-Control, ETag and Last-Modified from PyPI's answers, so pip
 stores nothing. Instead each cluster's host address serves:
 
-    /simple/<project>/   PyPI's simple index page, fetched fresh, with file
-                         links rewritten to point back here
+    /simple/<project>/   PyPI's simple index page, with file links rewritten
+                         to point back here; fetched once per INDEX_TTL
+                         seconds for all nodes (kept on disk, shared by all
+                         clusters), since pip asks for one page at a time
     /files/<path>        the file from files.pythonhosted.org, kept on disk
                          (shared by all clusters) after the first download
 
@@ -22,6 +24,7 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +33,10 @@ from pathlib import Path
 INDEX = "https://pypi.org/simple/"
 FILES = "https://files.pythonhosted.org/"
 PORT = 3141
+#: How long an index page is served from disk before it is fetched again: a
+#: test run's installs are pinned, and its nodes ask for the same pages many
+#: times (each node, each scenario), ~0.2-0.4 s upstream each.
+INDEX_TTL = 3600.0
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -42,6 +49,7 @@ def _context() -> ssl.SSLContext:
 class Handler(BaseHTTPRequestHandler):
     server_version = "hpo-testbed-pypi-cache"
     cache_dir: Path = Path(".")
+    index_ttl: float = INDEX_TTL
     locks: dict[str, threading.Lock] = {}
     locks_guard = threading.Lock()
 
@@ -54,16 +62,24 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
 
     def _index_page(self, rest: str) -> None:
-        request = urllib.request.Request(INDEX + rest, headers={"Accept": "text/html"})
-        try:
-            with urllib.request.urlopen(request, timeout=60, context=_context()) as answer:
-                body = answer.read()
-        except urllib.error.HTTPError as exc:
-            self.send_error(exc.code)
+        project = rest.split("?", 1)[0].strip("/")
+        if not project or "/" in project or project.startswith("."):
+            self.send_error(404)
             return
-        except OSError as exc:
-            self.send_error(502, f"upstream: {exc}")
-            return
+        target = self.cache_dir / "index" / project / "index.html"
+        with self.locks_guard:
+            lock = self.locks.setdefault(f"index/{project}", threading.Lock())
+        with lock:  # one upstream fetch per page, the others wait for it
+            try:
+                fresh = time.time() - target.stat().st_mtime < self.index_ttl
+            except OSError:
+                fresh = False
+            if not fresh:
+                request = urllib.request.Request(INDEX + project + "/", headers={"Accept": "text/html"})
+                if not self._download(request, target):
+                    return
+                self.log_message("fetched the index page of %s for all nodes", project)
+        body = target.read_bytes()
         host = self.headers.get("Host", f"{self.server.server_address[0]}:{PORT}")
         body = body.replace(FILES.encode(), f"http://{host}/files/".encode())
         self.send_response(200)
@@ -83,6 +99,7 @@ class Handler(BaseHTTPRequestHandler):
         with lock:  # one download per file, the others wait for it
             if not target.exists() and not self._download(FILES + str(relative), target):
                 return
+            self.log_message("downloaded %s once for all nodes", target.name)
         self.log_message("serving %s", relative.name)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -91,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
         with open(target, "rb") as handle:
             shutil.copyfileobj(handle, self.wfile)
 
-    def _download(self, url: str, target: Path) -> bool:
+    def _download(self, url: str | urllib.request.Request, target: Path) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             with urllib.request.urlopen(url, timeout=300, context=_context()) as answer:
@@ -104,7 +121,6 @@ class Handler(BaseHTTPRequestHandler):
         except OSError as exc:
             self.send_error(502, f"upstream: {exc}")
             return False
-        self.log_message("downloaded %s once for all nodes", target.name)
         return True
 
 
@@ -114,8 +130,11 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--cache", required=True, type=Path, help="directory for cached files")
     parser.add_argument("--cluster-dir", help="the cluster this serves (for finding the process)")
+    parser.add_argument("--index-ttl", type=float, default=INDEX_TTL,
+                        help=f"seconds an index page is served from disk (default {INDEX_TTL:.0f}; 0: always fetched)")
     args = parser.parse_args()
     Handler.cache_dir = args.cache
+    Handler.index_ttl = args.index_ttl
     server = ThreadingHTTPServer((args.listen, args.port), Handler)
     server.daemon_threads = True
     print(f"serving {INDEX} with a file cache in {args.cache} on {args.listen}:{args.port}",

@@ -173,6 +173,8 @@ def test_node_from_another_release(cluster):
     log = (STATE / "clusters" / cluster / "pypi-cache.log").read_text()
     assert log.count("serving six-1.16.0-py2.py3-none-any.whl") == 2, log
     assert log.count("downloaded six-1.16.0-py2.py3-none-any.whl") <= 1, log
+    # and its index page at most once too (pip asks for it on every install)
+    assert log.count("fetched the index page of six ") <= 1, log
     assert list((STATE / "pypi-cache").rglob("six-1.16.0-py2.py3-none-any.whl"))
     # HTTPS from a node goes through the host's NAT and trusts the host's CAs
     assert on_node(cluster, "new", "curl -sS -o /dev/null -w '%{http_code}' https://pypi.org/simple/six/") == "200"
