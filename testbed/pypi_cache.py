@@ -97,9 +97,10 @@ class Handler(BaseHTTPRequestHandler):
         with self.locks_guard:
             lock = self.locks.setdefault(str(relative), threading.Lock())
         with lock:  # one download per file, the others wait for it
-            if not target.exists() and not self._download(FILES + str(relative), target):
-                return
-            self.log_message("downloaded %s once for all nodes", target.name)
+            if not target.exists():
+                if not self._download(FILES + str(relative), target):
+                    return
+                self.log_message("downloaded %s once for all nodes", target.name)
         self.log_message("serving %s", relative.name)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")

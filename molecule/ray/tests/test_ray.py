@@ -231,8 +231,8 @@ def test_add_a_machine_with_limit_leaves_the_others_running():
 def test_a_settings_change_restarts_only_that_node():
     """Also the scenario's idempotence check (molecule.yml has no idempotence
     step): the head and ray-2 take their second full run of ray.yml here
-    (the inventory turns the fast path off), ray-4 its third; each must
-    change nothing."""
+    (the inventory turns the fast path off), ray-4 its second after its
+    --limit run (and a fast one); each must change nothing."""
     members = [HEAD, *WORKERS, NEW]
     before = {h: unit_identity(h) for h in members}
     done = ansible_playbook(
