@@ -110,8 +110,22 @@ def alive_node_ips(gcs_address: str) -> list[str]:
 
 
 def diagnose(unit: str, kind: str, gcs_address: str, node_ip: str) -> tuple[str, str]:
-    """(state, reason); state is alive, idle, broken, or refused."""
+    """(state, reason); state is alive, idle, broken, or refused.
+
+    A unit found active, then broken by the checks after it, is read again:
+    if systemd began to stop or restart it meanwhile (a playbook's restart),
+    the node left the GCS because of that, and it is not broken."""
     state = unit_state(unit)
+    verdict = _verdict(unit, state, kind, gcs_address, node_ip)
+    if verdict[0] == "broken" and state.get("ActiveState") == "active":
+        now = unit_state(unit)
+        if (now.get("ActiveState"), now.get("MainPID")) != ("active", state.get("MainPID")):
+            return "idle", (f"{unit} went {now.get('ActiveState')} ({now.get('SubState')}) while this check "
+                            f"ran: systemd is on it")
+    return verdict
+
+
+def _verdict(unit: str, state: dict[str, str], kind: str, gcs_address: str, node_ip: str) -> tuple[str, str]:
     active = state.get("ActiveState", "")
     if state.get("LoadState") != "loaded":
         return "idle", f"{unit} is not installed"
