@@ -45,33 +45,33 @@ def test_bad_arguments_exit_2_with_the_usage():
     assert done.returncode == 2 and "Usage:" in done.stderr
 
 
-def test_a_restart_that_begins_during_the_check_is_not_healed(monkeypatch):
-    # systemd and a GCS cannot run on this controller: both are stand-ins here
-    # (a unit read active, then deactivating; a GCS that no longer lists the
-    # node). On real nodes molecule/ray's
-    # test_the_health_check_sees_every_healthy_node_alive_and_restarts_nothing
-    # covers it: a playbook restarting ray-3 while its timer's check ran.
+ACTIVE = {"LoadState": "loaded", "ActiveState": "active", "SubState": "running", "MainPID": "100"}
+
+
+def worker_check(monkeypatch, *unit_reads):
+    """diagnose() of ray-3 (198.18.1.13) with systemd and the GCS stood in:
+    neither runs on this controller. The unit reads UNIT_READS in turn, its
+    processes include a raylet, and the GCS lists only the head as alive."""
     health = load()
-    reads = iter([{"LoadState": "loaded", "ActiveState": "active", "SubState": "running", "MainPID": "100"},
-                  {"LoadState": "loaded", "ActiveState": "deactivating", "SubState": "stop-sigterm",
-                   "MainPID": "100"}])
-    monkeypatch.setattr(health, "unit_state", lambda unit: next(reads))
+    reads = iter(unit_reads)
+    monkeypatch.setattr(health, "unit_state", lambda unit: dict(next(reads)))
     monkeypatch.setattr(health, "process_names", lambda pid: {"ray", "raylet"})
     monkeypatch.setattr(health, "gcs_port_open", lambda address: True)
     monkeypatch.setattr(health, "alive_node_ips", lambda address: ["198.18.1.11"])
-    state, reason = health.diagnose("ray.service", "worker", "198.18.1.11:6333", "198.18.1.13")
+    return health.diagnose("ray.service", "worker", "198.18.1.11:6333", "198.18.1.13")
+
+
+def test_a_restart_that_begins_during_the_check_is_not_healed(monkeypatch):
+    # On real nodes molecule/ray's
+    # test_the_health_check_sees_every_healthy_node_alive_and_restarts_nothing
+    # covers it: a playbook restarting ray-3 while its timer's check ran.
+    stopping = {**ACTIVE, "ActiveState": "deactivating", "SubState": "stop-sigterm"}
+    state, reason = worker_check(monkeypatch, ACTIVE, stopping)
     assert state == "idle" and "went deactivating" in reason, reason
 
 
 def test_a_node_missing_from_the_gcs_while_its_unit_stays_up_is_broken(monkeypatch):
-    # The same stand-ins: the unit reads active with the same PID both times.
-    health = load()
-    active = {"LoadState": "loaded", "ActiveState": "active", "SubState": "running", "MainPID": "100"}
-    monkeypatch.setattr(health, "unit_state", lambda unit: dict(active))
-    monkeypatch.setattr(health, "process_names", lambda pid: {"ray", "raylet"})
-    monkeypatch.setattr(health, "gcs_port_open", lambda address: True)
-    monkeypatch.setattr(health, "alive_node_ips", lambda address: ["198.18.1.11"])
-    state, reason = health.diagnose("ray.service", "worker", "198.18.1.11:6333", "198.18.1.13")
+    state, reason = worker_check(monkeypatch, ACTIVE, ACTIVE)
     assert state == "broken" and "does not list 198.18.1.13" in reason, reason
 
 
