@@ -67,9 +67,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         target = self.cache_dir / "index" / project / "index.html"
-        with self.locks_guard:
-            lock = self.locks.setdefault(f"index/{project}", threading.Lock())
-        with lock:  # one upstream fetch per page, the others wait for it
+        with self._lock(f"index/{project}"):  # one upstream fetch per page, the others wait for it
             try:
                 fresh = time.time() - target.stat().st_mtime < self.index_ttl
             except OSError:
@@ -94,9 +92,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(400)
             return
         target = self.cache_dir / "files" / relative
-        with self.locks_guard:
-            lock = self.locks.setdefault(str(relative), threading.Lock())
-        with lock:  # one download per file, the others wait for it
+        with self._lock(str(relative)):  # one download per file, the others wait for it
             if not target.exists():
                 if not self._download(FILES + str(relative), target):
                     return
@@ -108,6 +104,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         with open(target, "rb") as handle:
             shutil.copyfileobj(handle, self.wfile)
+
+    def _lock(self, key: str) -> threading.Lock:
+        """The one lock of KEY, shared by every request thread."""
+        with self.locks_guard:
+            return self.locks.setdefault(key, threading.Lock())
 
     def _download(self, url: str | urllib.request.Request, target: Path) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
